@@ -1,0 +1,1 @@
+"""Core of lightning-gradlab: plugin discovery, the CLI, module surgery and rank-consistent helpers."""

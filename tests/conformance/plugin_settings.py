@@ -1,0 +1,57 @@
+"""One entry per plugin: how the conformance suite builds a short run with it.
+
+Adding a plugin to the project means adding an entry here; the suite fails for any plugin found
+through entry points that has none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+DIGITS_MODEL = ("lightning_gradlab.demo.DigitsClassifier", {"architecture": "mlp", "width": 16})
+DIGITS_DATA = ("lightning_gradlab.demo.DigitsDataModule", {"batch_size": 64})
+
+
+@dataclass(frozen=True)
+class PluginSettings:
+    """A valid configuration for a short run, and settings that must be refused.
+
+    Args:
+        init_args: constructor arguments for the conformance runs.
+        bad_settings: ``(init_args, setting)`` pairs; construction must raise an error naming
+            ``setting`` and its value.
+        model: ``(class_path, init_args)`` of a small model the plugin applies to.
+        data: ``(class_path, init_args)`` of its data; the training order must be a function of
+            seed and epoch so epoch-boundary resume is exact.
+        trainer_args: extra Trainer arguments the plugin needs.
+    """
+
+    init_args: dict[str, Any]
+    bad_settings: list[tuple[dict[str, Any], str]]
+    model: tuple[str, dict[str, Any]] = DIGITS_MODEL
+    data: tuple[str, dict[str, Any]] = DIGITS_DATA
+    trainer_args: dict[str, Any] = field(default_factory=dict)
+
+
+SETTINGS: dict[str, PluginSettings] = {
+    "GhostBatchNorm": PluginSettings(
+        init_args={"virtual_batch_size": 16},
+        bad_settings=[
+            ({"virtual_batch_size": 1}, "virtual_batch_size"),
+            ({"virtual_batch_size": 0}, "virtual_batch_size"),
+            ({"virtual_batch_size": 2.5}, "virtual_batch_size"),
+            ({"stats_policy": "ema"}, "stats_policy"),
+            ({"layout": "random"}, "layout"),
+        ],
+    ),
+    "Lookahead": PluginSettings(
+        init_args={"k": 3, "alpha": 0.5},
+        bad_settings=[
+            ({"k": 0}, "k"),
+            ({"k": 1.5}, "k"),
+            ({"alpha": 0.0}, "alpha"),
+            ({"alpha": 1.5}, "alpha"),
+        ],
+    ),
+}

@@ -1,0 +1,67 @@
+"""Shared fixtures: quiet CPU trainers and throw-away plugin distributions on ``sys.path``."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+
+from lightning_gradlab.core.registry import discover
+
+
+def quiet_trainer(**kwargs: Any) -> pl.Trainer:
+    """A CPU Trainer without logger, progress bar or summary; ``kwargs`` override."""
+    defaults: dict[str, Any] = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=True,
+    )
+    return pl.Trainer(**{**defaults, **kwargs})
+
+
+def write_distribution(root: Path, name: str, entry_points: dict[str, str], files: dict[str, str]) -> Path:
+    """Write an installed-looking distribution (``*.dist-info`` + modules) under ``root``.
+
+    Putting ``root`` on ``sys.path`` makes its entry points real to ``importlib.metadata``:
+    the same path an installed third-party plugin takes, without pip.
+    """
+    info = root / f"{name.replace('-', '_')}-1.2.3.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.2.3\n")
+    lines = "".join(f"{k} = {v}\n" for k, v in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[lightning_gradlab.plugins]\n{lines}")
+    for relative_path, source in files.items():
+        path = root / relative_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(source))
+    return root
+
+
+@pytest.fixture
+def extra_site(tmp_path: Path) -> Iterator[Path]:
+    """A directory on ``sys.path`` for :func:`write_distribution`; discovery is re-run before and after."""
+    site = tmp_path / "site"
+    site.mkdir()
+    sys.path.insert(0, str(site))
+    discover.cache_clear()
+    yield site
+    sys.path.remove(str(site))
+    for module in [m for m, mod in sys.modules.items() if str(site) in str(getattr(mod, "__file__", "") or "")]:
+        del sys.modules[module]
+    discover.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def run_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning writes logs, checkpoints and the CLI's config.yaml under the working directory."""
+    monkeypatch.chdir(tmp_path)

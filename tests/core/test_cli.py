@@ -1,0 +1,109 @@
+"""The gradlab CLI: lazy optimizers (also under ddp_spawn), conflicts refused before training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+
+from lightning_gradlab.core.cli import GradlabCLI
+from lightning_gradlab.core.conflicts import PluginConflictError
+
+BASE_ARGS = [
+    "--model=lightning_gradlab.demo.DigitsClassifier",
+    "--model.width=8",
+    "--data=lightning_gradlab.demo.DigitsDataModule",
+    "--trainer.accelerator=cpu",
+    "--trainer.logger=false",
+    "--trainer.enable_checkpointing=false",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--trainer.max_steps=2",
+    "--trainer.limit_val_batches=0",
+]
+
+
+class AddHead(Callback):
+    """Adds a trainable layer in ``setup()``, as adapter-injecting plugins do."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not hasattr(pl_module, "extra_head"):
+            pl_module.extra_head = nn.Linear(3, 3)
+
+
+class CheckOptimizerSeesHead(Callback):
+    """Runs inside every rank: the optimizer must hold the parameters added in ``setup()``."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        optimizer = trainer.optimizers[0]
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        expected = {id(p) for p in pl_module.parameters()}
+        assert held == expected, "optimizer misses parameters added in setup()"
+        assert any(id(p) in held for p in pl_module.extra_head.parameters())
+        assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["lr"] == 0.01
+
+
+def test_optimizer_is_built_lazily_from_parameters_present_after_setup() -> None:
+    cli = GradlabCLI(
+        args=[
+            "fit",
+            *BASE_ARGS,
+            "--trainer.callbacks+=test_cli.AddHead",
+            "--trainer.callbacks+=test_cli.CheckOptimizerSeesHead",
+            "--optimizer=Adam",
+            "--optimizer.lr=0.01",
+            "--lr_scheduler=StepLR",
+            "--lr_scheduler.step_size=1",
+            "--lr_scheduler.gamma=0.5",
+        ]
+    )
+    assert cli.trainer.global_step == 2
+    scheduler = cli.trainer.lr_scheduler_configs[0].scheduler
+    assert isinstance(scheduler, torch.optim.lr_scheduler.StepLR)
+    assert scheduler.optimizer is cli.trainer.optimizers[0] and scheduler.gamma == 0.5
+
+
+def test_frozen_parameters_stay_out_of_the_optimizer() -> None:
+    cli = GradlabCLI(args=[*BASE_ARGS, "--optimizer=SGD", "--optimizer.lr=0.1"], run=False)
+    cli.model.net[1].requires_grad_(False)
+    optimizer = cli.model.configure_optimizers()
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert held == {id(p) for p in cli.model.parameters() if p.requires_grad}
+    assert not any(id(p) in held for p in cli.model.net[1].parameters())
+
+
+def test_model_keeps_its_own_configure_optimizers_without_optimizer_flag() -> None:
+    cli = GradlabCLI(args=BASE_ARGS, run=False)
+    assert isinstance(cli.model.configure_optimizers(), torch.optim.SGD)
+
+
+def test_lazy_optimizer_survives_ddp_spawn() -> None:
+    """Lightning issue #16489: the CLI's patched configure_optimizers must reach spawned ranks."""
+    GradlabCLI(
+        args=[
+            "fit",
+            *BASE_ARGS,
+            "--trainer.strategy=ddp_spawn_find_unused_parameters_true",
+            "--trainer.devices=2",
+            "--trainer.callbacks+=test_cli.AddHead",
+            "--trainer.callbacks+=test_cli.CheckOptimizerSeesHead",
+            "--optimizer=Adam",
+            "--optimizer.lr=0.01",
+        ]
+    )
+
+
+def test_conflicting_plugins_are_refused_before_training(tmp_path: Path) -> None:
+    config = tmp_path / "two_ghosts.yaml"
+    config.write_text(
+        "trainer:\n  callbacks:\n"
+        "    - class_path: GhostBatchNorm\n      init_args: {virtual_batch_size: 16}\n"
+        "    - class_path: GhostBatchNorm\n      init_args: {virtual_batch_size: 32}\n"
+    )
+    with pytest.raises(PluginConflictError, match="GhostBatchNorm and GhostBatchNorm") as err:
+        GradlabCLI(args=["fit", *BASE_ARGS, "--config", str(config)])
+    assert "Remove one of them" in str(err.value)
