@@ -44,7 +44,12 @@ class DigitsDataModule(pl.LightningDataModule):
     """
 
     def __init__(
-        self, batch_size: int = 64, eval_batch_size: int = 512, seed: int = 0, drop_last: bool = False, num_workers: int = 0
+        self,
+        batch_size: int = 64,
+        eval_batch_size: int = 512,
+        seed: int = 0,
+        drop_last: bool = False,
+        num_workers: int = 0,
     ) -> None:
         super().__init__()
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):

@@ -11,6 +11,8 @@ from typing import Any
 
 DIGITS_MODEL = ("lightning_gradlab.demo.DigitsClassifier", {"architecture": "mlp", "width": 16})
 DIGITS_DATA = ("lightning_gradlab.demo.DigitsDataModule", {"batch_size": 64})
+CONTINUAL_MODEL = ("lightning_gradlab.continual.model.ContinualClassifier", {"hidden_sizes": [16]})
+SPLIT_DIGITS = ("lightning_gradlab.continual.split_digits.SplitDigits", {"batch_size": 10})
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,31 @@ SETTINGS: dict[str, PluginSettings] = {
             ({"stats_policy": "ema"}, "stats_policy"),
             ({"layout": "random"}, "layout"),
         ],
+    ),
+    "ExperienceReplay": PluginSettings(
+        init_args={"buffer_size": 20, "replay_batch_size": 5, "Lw_new": 0.5, "update": "batch", "seed": 0},
+        bad_settings=[
+            ({"buffer_size": -1}, "buffer_size"),
+            ({"replay_batch_size": 0}, "replay_batch_size"),
+            ({"Lw_new": 0.0}, "Lw_new"),
+            ({"Lw_new": 1.5}, "Lw_new"),
+            ({"update": "epoch"}, "update"),
+        ],
+        model=CONTINUAL_MODEL,
+        data=SPLIT_DIGITS,
+    ),
+    "ContinualEvaluation": PluginSettings(
+        init_args={"every_n_steps": 2, "samples_per_task": 20, "windows": [3, 5], "plot": False},
+        bad_settings=[
+            ({"every_n_steps": 0}, "every_n_steps"),
+            ({"samples_per_task": 0}, "samples_per_task"),
+            ({"metric": "f1"}, "metric"),
+            ({"windows": [1]}, "windows"),
+            ({"lca_beta": 0}, "lca_beta"),
+            ({"window_average": "all"}, "window_average"),
+        ],
+        model=CONTINUAL_MODEL,
+        data=SPLIT_DIGITS,
     ),
     "Lookahead": PluginSettings(
         init_args={"k": 3, "alpha": 0.5},

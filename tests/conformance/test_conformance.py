@@ -106,7 +106,11 @@ def write_config(path: Path, name: str, class_path: str) -> Path:
     s = settings(name)
     config = {
         "seed_everything": 0,
-        "trainer": {**TRAINER_FLAGS, **s.trainer_args, "callbacks": [{"class_path": class_path, "init_args": s.init_args}]},
+        "trainer": {
+            **TRAINER_FLAGS,
+            **s.trainer_args,
+            "callbacks": [{"class_path": class_path, "init_args": s.init_args}],
+        },
         "model": {"class_path": s.model[0], "init_args": s.model[1]},
         "data": {"class_path": s.data[0], "init_args": s.data[1]},
     }
@@ -133,7 +137,8 @@ def test_yaml_short_name_fit_and_print_config_round_trip(
     cli = GradlabCLI(args=["fit", "--config", str(printed)])
     (plugin,) = plugin_callbacks(cli.trainer, name)
     for key, value in settings(name).init_args.items():
-        assert getattr(plugin, key) == value
+        actual = getattr(plugin, key)
+        assert (list(actual) if isinstance(actual, tuple) else actual) == value, key
     assert cli.trainer.global_step == TRAINER_FLAGS["max_steps"]
 
 
@@ -195,8 +200,7 @@ def test_ddp_two_processes(name: str) -> None:
         limit_val_batches=0,
         **settings(name).trainer_args,
     )
-    trainer.fit(model, datamodule=data)
-    assert trainer.global_step == 3
+    trainer.fit(model, datamodule=data)  # the checks run inside the ranks (RanksAgree)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,270 @@
+"""``ContinualEvaluation``: evaluate every seen task every rho steps, in a tight loop (De Lange et al. 2023)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+from typing_extensions import override
+
+from lightning_gradlab.continual.metrics import StabilityMetrics
+from lightning_gradlab.continual.sampler import derive_seed
+from lightning_gradlab.continual.schedule import EvaluationSchedule
+from lightning_gradlab.core.conflicts import raise_on_conflicts, run_components
+from lightning_gradlab.core.distributed import all_reduce_sum, shard_for_rank
+
+#: per-task scalar -> whether higher is better
+METRICS = {"accuracy": True, "loss": False, "perplexity": False}
+WINDOW_AVERAGES = ("seen", "previous")
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"ContinualEvaluation: {name}={value!r} is invalid; expected an int >= {minimum}")
+
+
+def eval_subset(num_samples: int, samples_per_task: int | None, seed: int, task: int) -> torch.Tensor:
+    """The fixed evaluation subset of a task: sorted indices drawn once with a private generator."""
+    if samples_per_task is None or samples_per_task >= num_samples:
+        return torch.arange(num_samples)
+    generator = torch.Generator().manual_seed(derive_seed("continual-eval", seed, task))
+    return torch.randperm(num_samples, generator=generator)[:samples_per_task].sort().values
+
+
+class ContinualEvaluation(Callback):
+    """Evaluate every seen task every ``rho`` optimizer steps and track the stability-gap metrics.
+
+    Runs its own loop over a fixed seeded subset of each task's evaluation set in
+    ``on_train_batch_end`` (not ``Trainer.validate``), always also at each task's last step. The
+    evaluation touches no parameter, BatchNorm buffer, module mode, gradient, optimizer state or
+    global RNG, so training is bit-identical with and without it. Under DDP each rank evaluates a
+    disjoint shard and ``(sum, count)`` per task is all-reduced: results equal one process.
+
+    Logs ``continual/{acc, forg, min_acc, wc_acc, wf_<w>, wp_<w>, lca_<beta>}`` and per-task values
+    ``continual/<metric>_task_<i>``; at the end writes ``continual_<metric>.png`` (per-task curve with
+    task boundaries, the paper's Figure 1) into the log dir and sends it to loggers that take images.
+    The raw log (``history``) feeds :func:`~lightning_gradlab.metrics.stability_metrics` post hoc.
+
+    Needs a :class:`~lightning_gradlab.continual.data.ContinualDataModule` and a model whose
+    ``forward(x)`` returns logits.
+
+    Args:
+        every_n_steps: ``rho``, evaluation period in optimizer steps (the paper: 1).
+        samples_per_task: size of each task's fixed evaluation subset (``None``: all samples).
+        eval_batch_size: batch size of the evaluation loop.
+        dense_steps: evaluate every ``dense_every_n_steps`` for this many steps after each task start.
+        dense_every_n_steps: period in the dense phase.
+        metric: per-task scalar, ``"accuracy"`` (micro, correct / total), ``"loss"`` or ``"perplexity"``.
+        windows: ``w`` of WF^w / WP^w, counted in evaluations.
+        lca_beta: ``beta`` of LCA_beta, counted in evaluations.
+        window_average: WF/WP averaged over ``"seen"`` tasks (the authors, current task included) or
+            ``"previous"`` tasks only.
+        seed: seed of the evaluation subsets.
+        plot: write the per-task curve as a PNG at the end of training.
+
+    Raises:
+        ValueError: on invalid settings, without a continual data module, or when a task's
+            evaluation set is empty.
+
+    Example::
+
+        trainer = Trainer(callbacks=[ContinualEvaluation(every_n_steps=1)], max_epochs=1)
+        trainer.fit(model, datamodule=SplitDigits(batch_size=10))
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 1,
+        samples_per_task: int | None = 1000,
+        eval_batch_size: int = 1000,
+        dense_steps: int = 0,
+        dense_every_n_steps: int = 1,
+        metric: str = "accuracy",
+        windows: Sequence[int] = (10, 100),
+        lca_beta: int = 10,
+        window_average: str = "seen",
+        seed: int = 0,
+        plot: bool = True,
+    ) -> None:
+        _check_int("every_n_steps", every_n_steps, 1)
+        if samples_per_task is not None:
+            _check_int("samples_per_task", samples_per_task, 1)
+        _check_int("eval_batch_size", eval_batch_size, 1)
+        _check_int("dense_steps", dense_steps, 0)
+        _check_int("dense_every_n_steps", dense_every_n_steps, 1)
+        if metric not in METRICS:
+            raise ValueError(f"ContinualEvaluation: metric={metric!r} is invalid; expected one of {list(METRICS)}")
+        # validates windows, lca_beta and window_average with the metric's own messages
+        StabilityMetrics(1, windows, lca_beta, METRICS[metric], window_average)
+        self.every_n_steps, self.samples_per_task, self.eval_batch_size = (
+            every_n_steps,
+            samples_per_task,
+            eval_batch_size,
+        )
+        self.dense_steps, self.dense_every_n_steps, self.metric = dense_steps, dense_every_n_steps, metric
+        self.windows, self.lca_beta, self.window_average = tuple(windows), lca_beta, window_average
+        self.seed, self.plot = seed, plot
+        self.stability: StabilityMetrics | None = None
+        self.history: dict[str, list] = {"step": [], "task": [], "values": []}
+        self.task_end_steps: dict[int, int] = {}  # on the history's step axis
+        self.step_offset = 0  # steps of earlier fits (one fit per task)
+        self.last_evaluated_step = -1
+        self.plot_path: Path | None = None
+        self._subsets: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._schedule: EvaluationSchedule | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(metric=self.metric, every_n_steps=self.every_n_steps)
+
+    # ------------------------------------------------------------------ setup
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        raise_on_conflicts(run_components(trainer, pl_module))
+        if stage != "fit":
+            return
+        data = trainer.datamodule
+        if not all(hasattr(data, a) for a in ("eval_dataset", "num_tasks", "task_end_steps")):
+            raise ValueError(
+                f"ContinualEvaluation: datamodule={type(data).__name__} is invalid; expected a ContinualDataModule"
+                " (lightning_gradlab.data) that exposes each task's evaluation set and task boundaries"
+            )
+        empty = [t for t in range(data.num_tasks) if len(data.eval_dataset(t)) == 0]
+        if empty:
+            raise ValueError(f"ContinualEvaluation: the evaluation sets of tasks {empty} are empty; expected samples")
+        if self.stability is None:
+            self.stability = StabilityMetrics(
+                data.num_tasks, self.windows, self.lca_beta, METRICS[self.metric], self.window_average
+            )
+        self._subsets = {}
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        data = trainer.datamodule
+        if trainer.global_step == 0 and self.history["step"]:
+            self.step_offset = self.history["step"][-1]  # a new fit for the next task
+        ends = data.task_end_steps(trainer.accumulate_grad_batches, trainer.world_size)
+        self._schedule = EvaluationSchedule(self.every_n_steps, ends, self.dense_steps, self.dense_every_n_steps)
+        self.task_end_steps.update({t: self.step_offset + s for t, s in ends.items()})
+        if trainer.global_step == 0 and self.last_evaluated_step < self.step_offset:
+            self._evaluate(trainer, pl_module, 0)  # f_0: before the first update, as the authors do
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if self.step_offset + step > self.last_evaluated_step and self._schedule.evaluates(step):
+            self._evaluate(trainer, pl_module, step)
+
+    # ------------------------------------------------------------------ evaluation
+    def _subset(self, trainer: pl.Trainer, task: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's shard of the task's fixed subset as stacked ``(x, y)`` on ``device``.
+
+        Built once without a ``DataLoader``: creating a loader iterator draws from the global RNG.
+        """
+        if task not in self._subsets:
+            dataset = trainer.datamodule.eval_dataset(task)
+            indices = eval_subset(len(dataset), self.samples_per_task, self.seed, task)
+            shard = shard_for_rank(indices.tolist(), trainer.global_rank, trainer.world_size)
+            samples = [dataset[i] for i in shard]
+            x = torch.stack([torch.as_tensor(s["x"]) for s in samples]) if samples else torch.empty(0)
+            y = torch.stack([torch.as_tensor(s["y"]) for s in samples]) if samples else torch.empty(0, dtype=torch.long)
+            self._subsets[task] = (x.to(device), y.to(device))
+        return self._subsets[task]
+
+    def _sums(self, pl_module: pl.LightningModule, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``(sum, count)`` of the per-sample metric over ``(x, y)``: correct predictions or summed loss."""
+        total = torch.zeros(2, dtype=torch.float64, device=y.device)
+        for start in range(0, len(y), self.eval_batch_size):
+            logits = pl_module(x[start : start + self.eval_batch_size])
+            target = y[start : start + self.eval_batch_size]
+            logits, target = logits.flatten(0, -2).float(), target.flatten()
+            if self.metric == "accuracy":
+                total[0] += (logits.argmax(-1) == target).sum()
+            else:
+                total[0] += F.cross_entropy(logits, target, reduction="sum").double()
+            total[1] += target.numel()
+        return total
+
+    @torch.no_grad()
+    def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
+        task = self._schedule.task_at(step)
+        sums = torch.zeros(self.stability.num_tasks, 2, dtype=torch.float64, device=pl_module.device)
+        modes = {m: m.training for m in pl_module.modules()}
+        pl_module.eval()
+        try:
+            with trainer.precision_plugin.forward_context():
+                for seen in range(task + 1):
+                    sums[seen] = self._sums(pl_module, *self._subset(trainer, seen, pl_module.device))
+        finally:
+            for module, training in modes.items():
+                module.training = training
+        sums = all_reduce_sum(trainer.strategy, sums).cpu()
+        values = torch.full((self.stability.num_tasks,), math.nan, dtype=torch.float64)
+        values[: task + 1] = sums[: task + 1, 0] / sums[: task + 1, 1]
+        if self.metric == "perplexity":
+            values = values.exp()
+        self.stability.update(values, task)
+        self.history["step"].append(self.step_offset + step)
+        self.history["task"].append(task)
+        self.history["values"].append(values.tolist())
+        self.last_evaluated_step = self.step_offset + step
+        if step > 0:  # f_0 is evaluated in on_train_start, where Lightning takes no per-step logs
+            self._log(pl_module, values, task)
+
+    def _log(self, pl_module: pl.LightningModule, values: torch.Tensor, task: int) -> None:
+        logs = {f"continual/{self.metric}_task_{t}": float(values[t]) for t in range(task + 1)}
+        logs |= {f"continual/{k}": float(v) for k, v in self.stability.compute().items() if not math.isnan(float(v))}
+        pl_module.log_dict(logs, on_step=True, on_epoch=False)
+
+    def results(self) -> dict[str, float]:
+        """The stability metrics after the latest evaluation."""
+        return {k: float(v) for k, v in self.stability.compute().items()}
+
+    # ------------------------------------------------------------------ end of training
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero or not self.history["step"]:
+            return
+        summary = ", ".join(f"{k}={v:.4f}" for k, v in self.results().items() if not math.isnan(v))
+        rank_zero_info(f"ContinualEvaluation ({len(self.history['step'])} evaluations): {summary}")
+        if self.plot:
+            from lightning_gradlab.continual.plot import plot_task_curves, send_to_loggers
+
+            directory = Path(trainer.log_dir or trainer.default_root_dir)
+            figure, self.plot_path = plot_task_curves(
+                self.history, self.task_end_steps, self.metric, directory / f"continual_{self.metric}.png"
+            )
+            send_to_loggers(trainer.loggers, figure, f"continual/{self.metric}", trainer.global_step)
+            rank_zero_info(f"ContinualEvaluation: plot written to {self.plot_path}")
+
+    # ------------------------------------------------------------------ checkpointing
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "stability": self.stability.state_dict() if self.stability is not None else None,
+            "num_tasks": self.stability.num_tasks if self.stability is not None else None,
+            "history": {k: list(v) for k, v in self.history.items()},
+            "task_end_steps": dict(self.task_end_steps),
+            "step_offset": self.step_offset,
+            "last_evaluated_step": self.last_evaluated_step,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict["stability"] is not None:
+            self.stability = StabilityMetrics(
+                state_dict["num_tasks"], self.windows, self.lca_beta, METRICS[self.metric], self.window_average
+            )
+            self.stability.load_state_dict(state_dict["stability"])
+        self.history = {k: list(v) for k, v in state_dict["history"].items()}
+        self.task_end_steps = dict(state_dict["task_end_steps"])
+        self.step_offset, self.last_evaluated_step = state_dict["step_offset"], state_dict["last_evaluated_step"]

@@ -1,0 +1,181 @@
+"""ContinualEvaluation: schedule, micro accuracy, bit-identical training, resume, DDP, post-hoc agreement."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from conftest import quiet_trainer
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch import nn
+
+from lightning_gradlab.callbacks import ContinualEvaluation, ExperienceReplay
+from lightning_gradlab.continual.evaluation import eval_subset
+from lightning_gradlab.continual.model import ContinualClassifier
+from lightning_gradlab.continual.schedule import EvaluationSchedule
+from lightning_gradlab.data import SplitDigits
+from lightning_gradlab.metrics import stability_metrics
+
+
+def test_schedule_every_rho_dense_and_forced_task_ends() -> None:
+    schedule = EvaluationSchedule(every_n_steps=4, task_end_steps={0: 10, 1: 25, 2: 30})
+    assert [s for s in range(1, 31) if schedule.evaluates(s)] == [4, 8, 10, 12, 16, 20, 24, 25, 28, 30]
+    assert [schedule.task_at(s) for s in (0, 1, 10, 11, 25, 26, 30)] == [0, 0, 0, 1, 1, 2, 2]
+    dense = EvaluationSchedule(every_n_steps=50, task_end_steps={0: 10, 1: 40}, dense_steps=6, dense_every_n_steps=2)
+    assert [s for s in range(1, 41) if dense.evaluates(s)] == [2, 4, 6, 10, 12, 14, 16, 40]
+
+
+def test_eval_subset_is_fixed_seeded_and_sorted() -> None:
+    a = eval_subset(100, 10, seed=3, task=1)
+    assert torch.equal(a, eval_subset(100, 10, seed=3, task=1)) and len(a.unique()) == 10
+    assert torch.equal(a, a.sort().values) and not torch.equal(a, eval_subset(100, 10, seed=3, task=2))
+    assert torch.equal(eval_subset(5, 10, 0, 0), torch.arange(5)) and torch.equal(
+        eval_subset(5, None, 0, 0), torch.arange(5)
+    )
+    torch.manual_seed(0)
+    before = torch.rand(1)
+    torch.manual_seed(0)
+    eval_subset(100, 10, seed=3, task=1)
+    assert torch.equal(torch.rand(1), before)  # the global RNG is untouched
+
+
+class BNDropoutClassifier(ContinualClassifier):
+    """Adds BatchNorm (buffers) and Dropout (global RNG in training) to catch any evaluation side effect."""
+
+    def __init__(self) -> None:
+        super().__init__(hidden_sizes=(32,), lr=0.05)
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 10)
+        )
+        self.net[2].eval()  # a frozen BN layer: evaluation must not switch it back to train mode
+
+
+def fit(
+    callbacks: list[Callback], max_steps: int = -1, ckpt_path: str | None = None, dropout: bool = True, **trainer_args
+) -> pl.LightningModule:
+    pl.seed_everything(0)
+    model = BNDropoutClassifier()
+    if not dropout:  # Lightning does not checkpoint the global RNG that dropout draws from
+        model.net[4] = nn.Identity()
+    trainer = quiet_trainer(callbacks=callbacks, max_epochs=1, max_steps=max_steps, **trainer_args)
+    trainer.fit(model, datamodule=SplitDigits(batch_size=16, seed=1), ckpt_path=ckpt_path)
+    return model
+
+
+def test_training_is_bit_identical_with_and_without_evaluation() -> None:
+    plain = fit([ExperienceReplay(buffer_size=50)], max_steps=60)
+    evaluation = ContinualEvaluation(every_n_steps=1, samples_per_task=40, eval_batch_size=16, plot=False)
+    evaluated = fit([ExperienceReplay(buffer_size=50), evaluation], max_steps=60)
+    for (name, a), b in zip(plain.state_dict().items(), evaluated.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert evaluated.net[2].training is False and evaluated.net[4].training is True
+    assert len(evaluation.history["step"]) == 61  # f_0 and every step
+
+
+def test_rho_with_forced_task_end_micro_accuracy_and_post_hoc_agreement(tmp_path: Path) -> None:
+    evaluation = ContinualEvaluation(every_n_steps=7, samples_per_task=33, plot=True)
+    model = fit([evaluation], default_root_dir=tmp_path)
+    data = SplitDigits(batch_size=16, seed=1)
+    data.setup("fit")
+    ends = data.task_end_steps()
+    steps = evaluation.history["step"]
+    assert set(ends.values()) <= set(steps) and steps[0] == 0
+    assert all(s % 7 == 0 or s in ends.values() for s in steps)
+    # micro accuracy of the final model, recomputed by hand on each task's fixed subset
+    model.eval()
+    for task in range(data.num_tasks):
+        dataset = data.eval_dataset(task)
+        idx = eval_subset(len(dataset), 33, 0, task)
+        x = torch.stack([dataset[i]["x"] for i in idx.tolist()])
+        y = torch.stack([dataset[i]["y"] for i in idx.tolist()])
+        with torch.no_grad():
+            correct = (model(x).argmax(-1) == y).sum().item()
+        assert evaluation.history["values"][-1][task] == correct / len(idx)
+    posthoc = stability_metrics(evaluation.history["values"], evaluation.history["task"])
+    online = evaluation.results()
+    for key in ("acc", "min_acc", "wc_acc", "wf_10", "wp_10", "wf_100", "wp_100"):
+        assert posthoc[key] == online[key] or (math.isnan(posthoc[key]) and math.isnan(online[key])), key
+    assert evaluation.plot_path is not None and evaluation.plot_path.is_file()
+    assert evaluation.plot_path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resume_mid_task_gives_the_metrics_of_an_uninterrupted_run(tmp_path: Path) -> None:
+    def run(ckpt_path: str | None, root: Path) -> tuple[ContinualEvaluation, pl.LightningModule]:
+        evaluation = ContinualEvaluation(every_n_steps=3, samples_per_task=30, windows=(4, 10), plot=False)
+        saver = ModelCheckpoint(dirpath=root, every_n_train_steps=25, save_top_k=-1, filename="{step}")
+        callbacks = [ExperienceReplay(buffer_size=40), evaluation, saver]
+        model = fit(callbacks, ckpt_path=ckpt_path, dropout=False, enable_checkpointing=True)
+        return evaluation, model
+
+    full, full_model = run(None, tmp_path / "a")
+    resumed, resumed_model = run(str(tmp_path / "a" / "step=50.ckpt"), tmp_path / "b")  # mid task 1
+    assert resumed.history["step"] == full.history["step"] and resumed.history["task"] == full.history["task"]
+    torch.testing.assert_close(
+        torch.tensor(resumed.history["values"], dtype=torch.float64),
+        torch.tensor(full.history["values"], dtype=torch.float64),
+        rtol=0, atol=0, equal_nan=True,
+    )  # fmt: skip
+    assert resumed.results().keys() == full.results().keys()
+    for key, value in full.results().items():
+        assert resumed.results()[key] == value or (math.isnan(value) and math.isnan(resumed.results()[key])), key
+    for a, b in zip(full_model.parameters(), resumed_model.parameters()):
+        assert torch.equal(a, b)
+
+
+class FinalAccuracyEqualsOneProcess(Callback):
+    """Inside each rank: the sharded, all-reduced last evaluation equals an unsharded evaluation."""
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        evaluation = next(c for c in trainer.callbacks if isinstance(c, ContinualEvaluation))
+        assert trainer.world_size == 2
+        data = trainer.datamodule
+        pl_module.eval()
+        expected = []
+        for task in range(data.num_tasks):
+            dataset = data.eval_dataset(task)
+            idx = eval_subset(len(dataset), evaluation.samples_per_task, evaluation.seed, task).tolist()
+            x, y = torch.stack([dataset[i]["x"] for i in idx]), torch.stack([dataset[i]["y"] for i in idx])
+            with torch.no_grad():
+                expected.append((pl_module(x).argmax(-1) == y).sum().item() / len(idx))
+        assert evaluation.history["values"][-1] == expected
+        steps = trainer.strategy.all_gather(torch.tensor(evaluation.history["step"]))
+        assert torch.equal(steps[0], steps[1])  # every rank evaluated at the same steps
+
+
+def test_ddp_two_ranks_equal_one_process() -> None:
+    evaluation = ContinualEvaluation(every_n_steps=5, samples_per_task=41, plot=False)
+    fit([evaluation, FinalAccuracyEqualsOneProcess()], strategy="ddp_fork", devices=2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "setting"),
+    [
+        ({"every_n_steps": 0}, "every_n_steps"),
+        ({"samples_per_task": 0}, "samples_per_task"),
+        ({"eval_batch_size": 0}, "eval_batch_size"),
+        ({"dense_steps": -1}, "dense_steps"),
+        ({"metric": "f1"}, "metric"),
+        ({"windows": (10, 1)}, "windows"),
+        ({"window_average": "all"}, "window_average"),
+    ],
+)
+def test_bad_settings(kwargs: dict, setting: str) -> None:
+    with pytest.raises(ValueError, match=setting):
+        ContinualEvaluation(**kwargs)
+
+
+def test_requires_continual_data_and_nonempty_eval_sets() -> None:
+    from lightning_gradlab.demo import DigitsClassifier, DigitsDataModule
+
+    trainer = quiet_trainer(callbacks=[ContinualEvaluation(plot=False)], max_steps=1)
+    with pytest.raises(ValueError, match="datamodule=DigitsDataModule is invalid"):
+        trainer.fit(DigitsClassifier(width=8), datamodule=DigitsDataModule())
+    empty = SplitDigits(batch_size=8)
+    empty.setup("fit")
+    empty._eval[2] = torch.utils.data.Subset(empty._eval[2], [])
+    trainer = quiet_trainer(callbacks=[ContinualEvaluation(plot=False)], max_steps=1)
+    with pytest.raises(ValueError, match=r"tasks \[2\] are empty"):
+        trainer.fit(ContinualClassifier(hidden_sizes=(8,)), datamodule=empty)
