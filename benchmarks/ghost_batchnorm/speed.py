@@ -3,8 +3,9 @@
 1. One layer, training mode, forward + backward: plain ``nn.BatchNorm``, ghost BN with strided and with
    contiguous membership (one fused ``F.batch_norm`` call per part), and the usual implementation, a
    Python loop of ``F.batch_norm`` over ``torch.chunk`` (as Composer does).
-2. A small conv net's whole training step (forward, backward, SGD step) with plain BN, ghost BN at the
+2. A small net's whole training step (forward, backward, SGD step) with plain BN, ghost BN at the
    default settings and ghost BN with contiguous membership. Goal: ghost default within 1.1× of plain.
+   Memory: the activations autograd saves for backward in one forward (MiB).
 
 Variants are timed round-robin inside every repeat (rotating which goes first), so drifts in clock
 speed or cache state hit all of them alike; ratios are medians of the per-repeat ratios to plain BN.
@@ -26,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_gradlab.callbacks import apply_ghost_batchnorm
 from lightning_gradlab.ghost_batchnorm.functional import DEFAULT_LAYOUT
-from lightning_gradlab.ghost_batchnorm.layers import ghost_class_for
+from lightning_gradlab.ghost_batchnorm.layers import GHOST_CLASSES
 
 
 class ChunkLoopBatchNorm(nn.Module):
@@ -52,10 +54,7 @@ def plain_bn(channels: int, dims: int) -> nn.Module:
 
 
 def ghost_bn(channels: int, dims: int, virtual_batch_size: int, layout: str = DEFAULT_LAYOUT) -> nn.Module:
-    layer = plain_bn(channels, dims)
-    layer.__class__ = ghost_class_for(type(layer))  # the surgery the callback does
-    layer.configure_ghost(virtual_batch_size, "sequential", layout)
-    return layer
+    return GHOST_CLASSES[type(plain_bn(channels, dims))](channels, virtual_batch_size=virtual_batch_size, layout=layout)
 
 
 def time_interleaved(variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 3) -> dict[str, dict]:
@@ -120,12 +119,23 @@ def conv_net(width: int) -> nn.Module:
 
 
 def with_ghost(model: nn.Module, virtual_batch_size: int | None, layout: str = DEFAULT_LAYOUT) -> nn.Module:
-    """Swap every BatchNorm to its ghost class in place (what the callback does), or leave it plain."""
-    for module in model.modules():
-        if virtual_batch_size is not None and type(module) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
-            module.__class__ = ghost_class_for(type(module))
-            module.configure_ghost(virtual_batch_size, "sequential", layout)
+    """What the callback does (in place), or the plain model when ``virtual_batch_size`` is None."""
+    if virtual_batch_size is not None:
+        apply_ghost_batchnorm(model, virtual_batch_size, layout=layout)
     return model
+
+
+def saved_for_backward_mib(model: nn.Module, x: torch.Tensor) -> float:
+    """Activation memory of one training forward: bytes of the distinct storages autograd saves."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    return sum(storages.values()) / 2**20
 
 
 def net_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
@@ -147,6 +157,7 @@ def bench_nets(repeats: int) -> list[dict]:
         ("conv net w=16, 3×16×16", lambda: conv_net(16), (3, 16, 16), 256, 16),
         ("digits CNN w=16, 1×8×8", lambda: build_network("cnn", 16), (1, 8, 8), 1024, 32),
         ("digits CNN w=16, 1×8×8", lambda: build_network("cnn", 16), (1, 8, 8), 1024, 16),
+        ("digits MLP w=128, 1×8×8", lambda: build_network("mlp", 128), (1, 8, 8), 1024, 16),
     ]
     rows = []
     for name, build, shape, batch, g in cases:
@@ -158,16 +169,21 @@ def bench_nets(repeats: int) -> list[dict]:
             "ghost contiguous": with_ghost(build(), g, "contiguous"),
         }
         result = time_interleaved({label: net_step(model, x, y) for label, model in models.items()}, repeats)
+        for label, model in models.items():
+            result[label]["saved_mib"] = saved_for_backward_mib(model, x)
         rows.append({"case": f"{name} step, N={batch} g={g}", **result})
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
     names = list(rows[0])[1:]
-    print(f"{'case':44s} " + " ".join(f"{name:>26s}" for name in names))
+    width = 40 if "saved_mib" in rows[0][names[0]] else 26
+    print(f"{'case':44s} " + " ".join(f"{name:>{width}s}" for name in names))
     for row in rows:
         cells = [f"{row[n]['median_ms']:9.2f} ms ({row[n]['ratio']:4.2f}×)" for n in names]
-        print(f"{row['case']:44s} " + " ".join(f"{cell:>26s}" for cell in cells))
+        if "saved_mib" in row[names[0]]:
+            cells = [f"{c}, {row[n]['saved_mib']:.1f} MiB" for c, n in zip(cells, names)]
+        print(f"{row['case']:44s} " + " ".join(f"{cell:>{width}s}" for cell in cells))
     print()
 
 

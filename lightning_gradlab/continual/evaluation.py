@@ -47,9 +47,11 @@ class ContinualEvaluation(Callback):
     global RNG, so training is bit-identical with and without it. Under DDP each rank evaluates a
     disjoint shard and ``(sum, count)`` per task is all-reduced: results equal one process.
 
-    Logs ``continual/{acc, forg, min_acc, wc_acc, wf_<w>, wp_<w>, lca_<beta>}`` and per-task values
-    ``continual/<metric>_task_<i>``; at the end writes ``continual_<metric>.png`` (per-task curve with
-    task boundaries, the paper's Figure 1) into the log dir and sends it to loggers that take images.
+    Logs ``continual/{acc, forg, min_acc, wc_acc, wf_<w>, wp_<w>, lca_<beta>, acc_task_<i>}`` (named
+    after accuracy whatever ``metric`` is) to the run's loggers every ``Trainer(log_every_n_steps)``
+    evaluation step, at each task end and at the end of training (every evaluation updates them).
+    At the end it writes ``continual_<metric>.png`` (per-task curves with task boundaries, the paper's
+    Figure 1) into the log dir and sends it to loggers that take images.
     The raw log (``history``) feeds :func:`~lightning_gradlab.metrics.stability_metrics` post hoc.
 
     Needs a :class:`~lightning_gradlab.continual.data.ContinualDataModule` and a model whose
@@ -119,6 +121,7 @@ class ContinualEvaluation(Callback):
         self.plot_path: Path | None = None
         self._subsets: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._schedule: EvaluationSchedule | None = None
+        self._last_logged_step = -1
 
     @property
     def state_key(self) -> str:
@@ -147,6 +150,12 @@ class ContinualEvaluation(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        unbounded = trainer.max_epochs in (None, -1)  # fine with max_steps; on_train_epoch_start guards it
+        if (not unbounded and trainer.max_epochs != 1) or (unbounded and trainer.max_steps == -1):
+            raise ValueError(
+                f"ContinualEvaluation: Trainer(max_epochs={trainer.max_epochs}) is invalid: one Lightning epoch serves"
+                " the task sequence (or one task); expected max_epochs=1 and the data module's epochs_per_task"
+            )
         data = trainer.datamodule
         if trainer.global_step == 0 and self.history["step"]:
             self.step_offset = self.history["step"][-1]  # a new fit for the next task
@@ -157,12 +166,22 @@ class ContinualEvaluation(Callback):
             self._evaluate(trainer, pl_module, 0)  # f_0: before the first update, as the authors do
 
     @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch > 0:  # max_epochs=None with a large max_steps
+            raise ValueError(
+                "ContinualEvaluation: a second Lightning epoch would replay the task sequence; expected one epoch"
+                " (Trainer(max_epochs=1) and the data module's epochs_per_task)"
+            )
+
+    @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
         if self.step_offset + step > self.last_evaluated_step and self._schedule.evaluates(step):
             self._evaluate(trainer, pl_module, step)
+            if step % trainer.log_every_n_steps == 0 or step in self._schedule.task_end_steps.values():
+                self._log(trainer, self.step_offset + step)
 
     # ------------------------------------------------------------------ evaluation
     def _subset(self, trainer: pl.Trainer, task: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,13 +236,14 @@ class ContinualEvaluation(Callback):
         self.history["task"].append(task)
         self.history["values"].append(values.tolist())
         self.last_evaluated_step = self.step_offset + step
-        if step > 0:  # f_0 is evaluated in on_train_start, where Lightning takes no per-step logs
-            self._log(pl_module, values, task)
 
-    def _log(self, pl_module: pl.LightningModule, values: torch.Tensor, task: int) -> None:
-        logs = {f"continual/{self.metric}_task_{t}": float(values[t]) for t in range(task + 1)}
-        logs |= {f"continual/{k}": float(v) for k, v in self.stability.compute().items() if not math.isnan(float(v))}
-        pl_module.log_dict(logs, on_step=True, on_epoch=False)
+    def _log(self, trainer: pl.Trainer, step: int) -> None:
+        """Send the metrics straight to the loggers (rank zero): ``self.log`` costs ~1 ms a key and only
+        flushes on Lightning's own cadence, which would drop task-end and final values."""
+        logs = {f"continual/{k}": float(v) for k, v in self.stability.compute().items() if not math.isnan(float(v))}
+        for logger in trainer.loggers:
+            logger.log_metrics(logs, step=step)
+        self._last_logged_step = step
 
     def results(self) -> dict[str, float]:
         """The stability metrics after the latest evaluation."""
@@ -232,6 +252,10 @@ class ContinualEvaluation(Callback):
     # ------------------------------------------------------------------ end of training
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.step_offset + trainer.global_step > self.last_evaluated_step:  # stopped off-schedule (max_steps)
+            self._evaluate(trainer, pl_module, trainer.global_step)
+        if self._last_logged_step != self.last_evaluated_step:
+            self._log(trainer, self.last_evaluated_step)  # the final values, whatever the cadence
         if not trainer.is_global_zero or not self.history["step"]:
             return
         summary = ", ".join(f"{k}={v:.4f}" for k, v in self.results().items() if not math.isnan(v))

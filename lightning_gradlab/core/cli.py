@@ -74,4 +74,4 @@ def main(argv: list[str] | None = None) -> None:
         from lightning_gradlab.core.listing import plugins_command
 
         sys.exit(plugins_command(args[1:]))
-    GradlabCLI(args=args)
+    GradlabCLI(args=argv)  # None: LightningCLI reads sys.argv itself (and does not warn)

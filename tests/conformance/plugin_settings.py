@@ -27,6 +27,9 @@ class PluginSettings:
         data: ``(class_path, init_args)`` of its data; the training order must be a function of
             seed and epoch so epoch-boundary resume is exact.
         trainer_args: extra Trainer arguments the plugin needs.
+        resume_at: ``"epoch"`` (checkpoint at an epoch boundary, three epochs) or ``"step"`` (mid-epoch
+            checkpoint in a one-epoch run, for plugins whose run is one epoch and whose data resumes
+            exactly mid-epoch).
     """
 
     init_args: dict[str, Any]
@@ -34,6 +37,7 @@ class PluginSettings:
     model: tuple[str, dict[str, Any]] = DIGITS_MODEL
     data: tuple[str, dict[str, Any]] = DIGITS_DATA
     trainer_args: dict[str, Any] = field(default_factory=dict)
+    resume_at: str = "epoch"
 
 
 SETTINGS: dict[str, PluginSettings] = {
@@ -71,6 +75,7 @@ SETTINGS: dict[str, PluginSettings] = {
         ],
         model=CONTINUAL_MODEL,
         data=SPLIT_DIGITS,
+        resume_at="step",  # one epoch serves the whole task sequence
     ),
     "Lookahead": PluginSettings(
         init_args={"k": 3, "alpha": 0.5},

@@ -151,15 +151,23 @@ def test_yaml_full_class_path(name: str, tmp_path: Path) -> None:
     assert len(plugin_callbacks(cli.trainer, name)) == 1
 
 
-def fit_with_checkpoints(name: str, root: Path, max_epochs: int, ckpt_path: str | None = None) -> pl.LightningModule:
+def fit_with_checkpoints(name: str, root: Path, ckpt_path: str | None = None) -> pl.LightningModule:
+    """Three epochs of four batches with a checkpoint per epoch, or (``resume_at="step"``) one epoch of
+    twelve batches with a checkpoint every four steps."""
     pl.seed_everything(0)
     model, data = run_parts(name)
-    checkpoints = ModelCheckpoint(dirpath=root, every_n_epochs=1, save_top_k=-1, filename="{epoch}")
+    by_step = settings(name).resume_at == "step"
+    checkpoints = ModelCheckpoint(
+        dirpath=root,
+        save_top_k=-1,
+        filename="{epoch}-{step}",
+        **({"every_n_train_steps": 4} if by_step else {"every_n_epochs": 1}),
+    )
     trainer = quiet_trainer(
         callbacks=[plugin_instance(name), checkpoints],
         enable_checkpointing=True,
-        max_epochs=max_epochs,
-        limit_train_batches=4,
+        max_epochs=1 if by_step else 3,
+        limit_train_batches=12 if by_step else 4,
         limit_val_batches=0,
         **settings(name).trainer_args,
     )
@@ -168,10 +176,10 @@ def fit_with_checkpoints(name: str, root: Path, max_epochs: int, ckpt_path: str 
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_resume_from_epoch_checkpoint_equals_uninterrupted_run(name: str, tmp_path: Path) -> None:
-    uninterrupted = state_of(fit_with_checkpoints(name, tmp_path / "a", max_epochs=3))
-    first_checkpoint = str(tmp_path / "a" / "epoch=0.ckpt")
-    resumed = state_of(fit_with_checkpoints(name, tmp_path / "b", max_epochs=3, ckpt_path=first_checkpoint))
+def test_resume_from_checkpoint_equals_uninterrupted_run(name: str, tmp_path: Path) -> None:
+    uninterrupted = state_of(fit_with_checkpoints(name, tmp_path / "a"))
+    first_checkpoint = str(tmp_path / "a" / "epoch=0-step=4.ckpt")
+    resumed = state_of(fit_with_checkpoints(name, tmp_path / "b", ckpt_path=first_checkpoint))
     assert_bit_identical(uninterrupted, resumed)
 
 

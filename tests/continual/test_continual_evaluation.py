@@ -179,3 +179,24 @@ def test_requires_continual_data_and_nonempty_eval_sets() -> None:
     trainer = quiet_trainer(callbacks=[ContinualEvaluation(plot=False)], max_steps=1)
     with pytest.raises(ValueError, match=r"tasks \[2\] are empty"):
         trainer.fit(ContinualClassifier(hidden_sizes=(8,)), datamodule=empty)
+
+
+def test_more_than_one_epoch_is_refused() -> None:
+    trainer = quiet_trainer(callbacks=[ContinualEvaluation(plot=False)], max_epochs=2)
+    with pytest.raises(ValueError, match=r"max_epochs=2\) is invalid"):
+        trainer.fit(ContinualClassifier(hidden_sizes=(8,)), datamodule=SplitDigits(batch_size=16))
+
+
+def test_metrics_reach_the_logger_at_task_ends_and_at_the_end(tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import CSVLogger
+
+    evaluation = ContinualEvaluation(every_n_steps=1, samples_per_task=20, plot=False)
+    logger = CSVLogger(tmp_path, name="run")
+    fit([evaluation], max_steps=45, logger=logger, log_every_n_steps=1000)
+    logger.finalize("success")
+    rows = (Path(logger.log_dir) / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    logged = {int(r.split(",")[header.index("step")]) for r in rows[1:] if r.split(",")[header.index("continual/acc")]}
+    task_ends = {s for s in evaluation.task_end_steps.values() if s <= 45}
+    assert task_ends and task_ends | {45} == logged  # task ends and the final (max_steps) evaluation
+    assert evaluation.history["step"][-1] == 45
