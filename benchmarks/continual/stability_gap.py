@@ -123,12 +123,22 @@ def main() -> None:
     parser.add_argument("--buffer-size", type=int, default=50)
     parser.add_argument("--lw-new", type=float, default=0.5)
     parser.add_argument("--timing-repeats", type=int, default=5)
+    parser.add_argument("--timing-only", action="store_true", help="only the overhead measurement")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)
     report: dict[str, Any] = {"args": vars(args) | {"out": str(args.out)}}
 
-    # 1 + 2: metrics per method, and per evaluation period
+    if not args.timing_only:
+        report |= effect(args)
+    report["step_time_s"] = overhead(args)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2, default=str))
+
+
+def effect(args: argparse.Namespace) -> dict[str, Any]:
+    """1 + 2: metrics per method, and per evaluation period."""
     table: dict[str, dict[str, list[float]]] = {}
     gaps: dict[str, list] = {}
     for method in ("fine-tune", "ER"):
@@ -155,25 +165,28 @@ def main() -> None:
     print("\neach task's accuracy at its last step -> minimum within the next 10 steps (seed 0):")
     for method, per_seed in gaps.items():
         print(f"  {method:10s} " + "  ".join(f"{a:.2f}->{b:.2f}" for a, b in per_seed[0]))
-    report |= {"metrics": table, "joint_acc": joint, "task0_gap": gaps}
+    return {"metrics": table, "joint_acc": joint, "task_gap": gaps}
 
-    # 3: overhead, interleaved pair by pair
-    times: dict[str, list[float]] = {"training alone": [], "with ContinualEvaluation rho=1": [], "with rho=10": []}
+
+def overhead(args: argparse.Namespace) -> dict[str, list[float]]:
+    """3: seconds per training step, each variant run in turn inside every repeat."""
+    variants = {
+        "training alone": list,
+        "with ContinualEvaluation rho=1": lambda: [ContinualEvaluation(every_n_steps=1, plot=False)],
+        "with ContinualEvaluation rho=10": lambda: [ContinualEvaluation(every_n_steps=10, plot=False)],
+        f"with ExperienceReplay (buffer {args.buffer_size})": lambda: [ExperienceReplay(buffer_size=args.buffer_size)],
+    }
+    times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.timing_repeats):
-        seed = args.seeds[0]
-        times["training alone"].append(step_time([], seed, args))
-        times["with ContinualEvaluation rho=1"].append(
-            step_time([ContinualEvaluation(every_n_steps=1, plot=False)], seed, args)
-        )
-        times["with rho=10"].append(step_time([ContinualEvaluation(every_n_steps=10, plot=False)], seed, args))
+        for name, callbacks in variants.items():
+            times[name].append(step_time(callbacks(), args.seeds[0], args))
     base = statistics.median(times["training alone"])
     print(f"\nstep time (median of {args.timing_repeats} runs, 1 thread):")
     for name, ts in times.items():
-        print(f"  {name:32s} {1000 * statistics.median(ts):7.2f} ms  ({statistics.median(ts) / base:.2f}x)")
-    report["step_time_s"] = times
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2, default=str))
+        print(f"  {name:40s} {1000 * statistics.median(ts):7.2f} ms  ({statistics.median(ts) / base:.2f}x)")
+    sample_bytes = 64 * 4 + 3 * 8  # x (8×8 float32), y, task, index
+    print(f"  ExperienceReplay buffer: {args.buffer_size} × {sample_bytes} B = {args.buffer_size * sample_bytes} B")
+    return times
 
 
 if __name__ == "__main__":

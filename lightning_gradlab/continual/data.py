@@ -29,7 +29,8 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from lightning_gradlab.continual.sampler import TaskSequenceBatchSampler, TaskSequenceLoader, _check_int
+from lightning_gradlab.continual.sampler import TaskSequenceBatchSampler, TaskSequenceLoader
+from lightning_gradlab.core.validation import check_int
 
 
 def resolve_class_groups(
@@ -194,10 +195,10 @@ class ContinualDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         owner = type(self).__name__
-        _check_int(owner, "batch_size", batch_size, 1)
-        _check_int(owner, "eval_batch_size", eval_batch_size, 1)
-        _check_int(owner, "epochs_per_task", epochs_per_task, 1)
-        _check_int(owner, "num_workers", num_workers, 0)
+        check_int(owner, "batch_size", batch_size, 1)
+        check_int(owner, "eval_batch_size", eval_batch_size, 1)
+        check_int(owner, "epochs_per_task", epochs_per_task, 1)
+        check_int(owner, "num_workers", num_workers, 0)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"{owner}: seed={seed!r} is invalid; expected an int")
         if (train_datasets is None) != (eval_datasets is None):
@@ -357,7 +358,7 @@ class ContinualDataModule(pl.LightningDataModule):
     def task_end_steps(self, accumulate_grad_batches: int = 1, world_size: int | None = None) -> dict[int, int]:
         """Global step (counted from this fit's start) after the optimizer step containing each task's
         last batch, for the tasks of the current selection: ``ceil(cumsum(batches)[i] / a)``."""
-        _check_int(type(self).__name__, "accumulate_grad_batches", accumulate_grad_batches, 1)
+        check_int(type(self).__name__, "accumulate_grad_batches", accumulate_grad_batches, 1)
         ends, total = {}, 0
         for t, n in enumerate(self.train_batches_per_task(world_size)):
             total += n

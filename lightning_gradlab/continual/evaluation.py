@@ -14,20 +14,16 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from lightning_gradlab.continual.metrics import StabilityMetrics
+from lightning_gradlab.continual.metrics import StabilityMetrics, micro_accuracy
 from lightning_gradlab.continual.sampler import derive_seed
 from lightning_gradlab.continual.schedule import EvaluationSchedule
 from lightning_gradlab.core.conflicts import raise_on_conflicts, run_components
 from lightning_gradlab.core.distributed import all_reduce_sum, shard_for_rank
+from lightning_gradlab.core.validation import check_int
 
 #: per-task scalar -> whether higher is better
 METRICS = {"accuracy": True, "loss": False, "perplexity": False}
 WINDOW_AVERAGES = ("seen", "previous")
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"ContinualEvaluation: {name}={value!r} is invalid; expected an int >= {minimum}")
 
 
 def eval_subset(num_samples: int, samples_per_task: int | None, seed: int, task: int) -> torch.Tensor:
@@ -95,12 +91,12 @@ class ContinualEvaluation(Callback):
         seed: int = 0,
         plot: bool = True,
     ) -> None:
-        _check_int("every_n_steps", every_n_steps, 1)
+        check_int("ContinualEvaluation", "every_n_steps", every_n_steps, 1)
         if samples_per_task is not None:
-            _check_int("samples_per_task", samples_per_task, 1)
-        _check_int("eval_batch_size", eval_batch_size, 1)
-        _check_int("dense_steps", dense_steps, 0)
-        _check_int("dense_every_n_steps", dense_every_n_steps, 1)
+            check_int("ContinualEvaluation", "samples_per_task", samples_per_task, 1)
+        check_int("ContinualEvaluation", "eval_batch_size", eval_batch_size, 1)
+        check_int("ContinualEvaluation", "dense_steps", dense_steps, 0)
+        check_int("ContinualEvaluation", "dense_every_n_steps", dense_every_n_steps, 1)
         if metric not in METRICS:
             raise ValueError(f"ContinualEvaluation: metric={metric!r} is invalid; expected one of {list(METRICS)}")
         # validates windows, lca_beta and window_average with the metric's own messages
@@ -228,7 +224,7 @@ class ContinualEvaluation(Callback):
                 module.training = training
         sums = all_reduce_sum(trainer.strategy, sums).cpu()
         values = torch.full((self.stability.num_tasks,), math.nan, dtype=torch.float64)
-        values[: task + 1] = sums[: task + 1, 0] / sums[: task + 1, 1]
+        values[: task + 1] = micro_accuracy(sums[: task + 1, 0], sums[: task + 1, 1])  # per sample (token) mean
         if self.metric == "perplexity":
             values = values.exp()
         self.stability.update(values, task)

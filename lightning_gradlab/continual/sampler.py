@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lightning_gradlab.core.distributed import shard_for_rank
+from lightning_gradlab.core.validation import check_int
 
 
 def derive_seed(*parts: object) -> int:
@@ -33,11 +34,6 @@ def task_pass_permutation(num_samples: int, seed: int, task: int, pass_index: in
     """The shuffled order of a task's ``num_samples`` training samples for one pass over the task."""
     generator = torch.Generator().manual_seed(derive_seed("task-sequence", seed, task, pass_index))
     return torch.randperm(num_samples, generator=generator)
-
-
-def _check_int(owner: str, name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{owner}: {name}={value!r} is invalid; expected an int >= {minimum}")
 
 
 class TaskSequenceBatchSampler(Sampler[list[int]]):
@@ -79,9 +75,9 @@ class TaskSequenceBatchSampler(Sampler[list[int]]):
         drop_last: bool = False,
     ) -> None:
         owner = type(self).__name__
-        _check_int(owner, "batch_size", batch_size, 1)
-        _check_int(owner, "epochs_per_task", epochs_per_task, 1)
-        _check_int(owner, "world_size", world_size, 1)
+        check_int(owner, "batch_size", batch_size, 1)
+        check_int(owner, "epochs_per_task", epochs_per_task, 1)
+        check_int(owner, "world_size", world_size, 1)
         if not 0 <= rank < world_size:
             raise ValueError(
                 f"{owner}: rank={rank!r} is invalid for world_size={world_size}; expected 0 <= rank < {world_size}"
@@ -182,7 +178,7 @@ class TaskSequenceLoader:
         pin_memory: bool = False,
         worker_init_fn: Callable[[int], None] | None = None,
     ) -> None:
-        _check_int(type(self).__name__, "num_workers", num_workers, 0)
+        check_int(type(self).__name__, "num_workers", num_workers, 0)
         self.dataset, self.sampler = dataset, sampler
         self.num_workers, self.collate_fn, self.pin_memory = num_workers, collate_fn, pin_memory
         self.worker_init_fn = worker_init_fn  # Lightning may set it (PL_SEED_WORKERS)

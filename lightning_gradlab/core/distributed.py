@@ -23,8 +23,3 @@ def shard_for_rank(items: Sequence[T], rank: int, world_size: int) -> Sequence[T
     if not 0 <= rank < world_size:
         raise ValueError(f"rank={rank} is invalid for world_size={world_size}: expected 0 <= rank < world_size")
     return items[rank::world_size]
-
-
-def agree_on_all_ranks(strategy: Strategy, flag: bool) -> bool:
-    """True only if ``flag`` is true on every rank (so all ranks take the same branch)."""
-    return bool(strategy.reduce_boolean_decision(flag, all=True))

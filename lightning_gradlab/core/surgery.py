@@ -45,8 +45,3 @@ def swap_class(module: nn.Module, new_class: type[nn.Module]) -> bool:
         )
     module.__class__ = new_class
     return True
-
-
-def modules_of_type(model: nn.Module, types: Sequence[type[nn.Module]]) -> list[str]:
-    """Qualified names of modules that are instances of ``types`` (subclasses included)."""
-    return [name for name, module in model.named_modules() if isinstance(module, tuple(types))]

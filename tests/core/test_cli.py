@@ -107,3 +107,22 @@ def test_conflicting_plugins_are_refused_before_training(tmp_path: Path) -> None
     with pytest.raises(PluginConflictError, match="GhostBatchNorm and GhostBatchNorm") as err:
         GradlabCLI(args=["fit", *BASE_ARGS, "--config", str(config)])
     assert "Remove one of them" in str(err.value)
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("fragment", sorted((REPO / "callbacks").glob("*.yaml")), ids=lambda p: p.name)
+def test_callback_fragments_load_through_the_cli(fragment: Path) -> None:
+    from lightning_gradlab.core.registry import manifest_of
+
+    cli = GradlabCLI(args=[*BASE_ARGS, f"--trainer.callbacks+={fragment}"], run=False)
+    assert [manifest_of(c).name for c in cli.trainer.callbacks if manifest_of(c)] == [
+        fragment.read_text().split("class_path:")[1].split()[0]
+    ]
+
+
+@pytest.mark.parametrize("example", sorted((REPO / "examples").rglob("*.yaml")), ids=lambda p: p.parent.name)
+def test_example_configs_instantiate(example: Path) -> None:
+    cli = GradlabCLI(args=["--config", str(example)], run=False)
+    assert cli.model is not None and cli.datamodule is not None
