@@ -16,6 +16,11 @@ from lightning_gradlab.core.conflicts import raise_on_conflicts, run_components
 from lightning_gradlab.core.lazy_optimizers import attach_lazy_optimizers
 from lightning_gradlab.core.registry import load_all
 
+DESCRIPTION = (
+    "lightning-gradlab: Lightning runs with methods from papers as plugins. Plugins resolve by short class"
+    " name in YAML (class_path: GhostBatchNorm). 'gradlab plugins [--json] [--load]' lists the installed plugins."
+)
+
 
 def _automatic_init(cli: LightningCLI, register: dict[str, tuple[Any, str]], base: type | tuple[type, ...]) -> Any:
     """``{"class_path", "init_args"}`` of the group Lightning added as 'AUTOMATIC' for ``base``
@@ -49,6 +54,7 @@ class GradlabCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("parser_kwargs", {"description": DESCRIPTION})
         super().__init__(*args, **kwargs)
 
     def _add_configure_optimizers_method_to_model(self, subcommand: str | None) -> None:
