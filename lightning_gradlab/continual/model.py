@@ -26,6 +26,7 @@ class ContinualClassifier(pl.LightningModule):
         input_size: flattened input size (64 for 8×8 digits).
         lr: learning rate of the default SGD optimizer.
         momentum: its momentum (the authors use 0.9).
+        batchnorm: a BatchNorm1d after each hidden linear layer (not in the paper's model).
     """
 
     def __init__(
@@ -35,6 +36,7 @@ class ContinualClassifier(pl.LightningModule):
         input_size: int = 64,
         lr: float = 0.01,
         momentum: float = 0.9,
+        batchnorm: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (("num_classes", num_classes), ("input_size", input_size)):
@@ -50,7 +52,7 @@ class ContinualClassifier(pl.LightningModule):
         layers: list[nn.Module] = [nn.Flatten()]
         width = input_size
         for h in hidden_sizes:
-            layers += [nn.Linear(width, h), nn.ReLU()]
+            layers += [nn.Linear(width, h), *([nn.BatchNorm1d(h)] if batchnorm else []), nn.ReLU()]
             width = h
         layers.append(nn.Linear(width, num_classes))
         self.net = nn.Sequential(*layers)

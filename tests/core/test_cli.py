@@ -126,3 +126,17 @@ def test_callback_fragments_load_through_the_cli(fragment: Path) -> None:
 def test_example_configs_instantiate(example: Path) -> None:
     cli = GradlabCLI(args=["--config", str(example)], run=False)
     assert cli.model is not None and cli.datamodule is not None
+
+
+def test_three_plugins_compose_in_one_yaml() -> None:
+    """ER's [new ‖ replay] batches reach the ghost layers; evaluation runs alongside; nothing conflicts."""
+    from lightning_gradlab.nn import GhostBatchNorm1d
+
+    example = REPO / "examples" / "composed" / "split_digits_er_ghost_bn.yaml"
+    cli = GradlabCLI(
+        args=["fit", "--config", str(example), "--trainer.max_steps=60", "--trainer.logger=false",
+              "--trainer.enable_progress_bar=false", "--trainer.callbacks.init_args.plot=false"]
+    )  # fmt: skip
+    assert isinstance(cli.model.net[2], GhostBatchNorm1d) and int(cli.model.net[2].num_batches_tracked) > 60
+    evaluation = next(c for c in cli.trainer.callbacks if type(c).__name__ == "ContinualEvaluation")
+    assert evaluation.history["step"][-1] == 60 and evaluation.history["task"][-1] >= 1
