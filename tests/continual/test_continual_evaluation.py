@@ -200,3 +200,19 @@ def test_metrics_reach_the_logger_at_task_ends_and_at_the_end(tmp_path: Path) ->
     task_ends = {s for s in evaluation.task_end_steps.values() if s <= 45}
     assert task_ends and task_ends | {45} == logged  # task ends and the final (max_steps) evaluation
     assert evaluation.history["step"][-1] == 45
+
+
+def test_one_fit_per_task_continues_the_history() -> None:
+    """One callback instance across one Trainer per task: steps continue, task ends are recorded."""
+    pl.seed_everything(0)
+    evaluation = ContinualEvaluation(every_n_steps=4, samples_per_task=20, plot=False)
+    model, data = ContinualClassifier(hidden_sizes=(16,)), SplitDigits(batch_size=32)
+    for task in range(3):
+        data.set_task(task)
+        quiet_trainer(callbacks=[evaluation], max_epochs=1).fit(model, datamodule=data)
+    steps, tasks = evaluation.history["step"], evaluation.history["task"]
+    assert steps == sorted(set(steps)) and tasks == sorted(tasks) and set(tasks) == {0, 1, 2}
+    ends = list(evaluation.task_end_steps.values())
+    assert len(ends) == 3 and ends == sorted(ends) and set(ends) <= set(steps)
+    assert [t for s, t in zip(steps, tasks) if s in ends] == [0, 1, 2]
+    assert not math.isnan(evaluation.results()["min_acc"])  # two tasks were learned before the last
