@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from lightning_gradlab.continual.replay import weighted_cross_entropy
+from lightning_gradlab.core.validation import check_int
 
 
 class ContinualClassifier(pl.LightningModule):
@@ -39,9 +40,8 @@ class ContinualClassifier(pl.LightningModule):
         batchnorm: bool = False,
     ) -> None:
         super().__init__()
-        for name, value in (("num_classes", num_classes), ("input_size", input_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"ContinualClassifier: {name}={value!r} is invalid; expected an int >= 1")
+        check_int("ContinualClassifier", "num_classes", num_classes, 1)
+        check_int("ContinualClassifier", "input_size", input_size, 1)
         if not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden_sizes):
             raise ValueError(f"ContinualClassifier: hidden_sizes={hidden_sizes!r} is invalid; expected ints >= 1")
         if not (isinstance(lr, (int, float)) and lr > 0):

@@ -44,6 +44,7 @@ from typing_extensions import override
 
 from lightning_gradlab.continual.sampler import derive_seed
 from lightning_gradlab.core.conflicts import raise_on_conflicts, run_components
+from lightning_gradlab.core.validation import check_int
 
 UPDATES = ("task_end", "batch")
 FIELDS = ("x", "y", "task", "index", "key")
@@ -176,8 +177,7 @@ class ExperienceReplay(Callback):
         update: str = "task_end",
         seed: int = 0,
     ) -> None:
-        if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 0:
-            raise ValueError(f"ExperienceReplay: buffer_size={buffer_size!r} is invalid; expected an int >= 0")
+        check_int("ExperienceReplay", "buffer_size", buffer_size, 0)
         if replay_batch_size is not None and (
             isinstance(replay_batch_size, bool) or not isinstance(replay_batch_size, int) or replay_batch_size < 1
         ):
