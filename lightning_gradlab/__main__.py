@@ -1,6 +1,6 @@
 """``python -m lightning_gradlab`` is the ``gradlab`` command."""
 
-from lightning_gradlab.core.cli import main
+from lightning_gradlab.core.entry import main
 
 if __name__ == "__main__":
     main()

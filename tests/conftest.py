@@ -1,7 +1,9 @@
-"""Shared fixtures: quiet CPU trainers and throw-away plugin distributions on ``sys.path``."""
+"""Shared fixtures: quiet CPU trainers, throw-away plugin distributions on ``sys.path``, and the
+test-only plugin kit (``tests/testkit``: one plugin per kind) on ``sys.path`` and ``PYTHONPATH``."""
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -10,8 +12,17 @@ from typing import Any
 
 import lightning.pytorch as pl
 import pytest
+import torch
 
 from lightning_gradlab.core.registry import discover
+
+#: ``gradlab_testkit`` and its ``*.dist-info``: discovered like an installed third-party distribution, in
+#: this process (before any test module calls ``discover()``) and in subprocesses (DDP ranks, ``gradlab``).
+TESTKIT = Path(__file__).parent / "testkit"
+if str(TESTKIT) not in sys.path:
+    sys.path.insert(0, str(TESTKIT))
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTKIT), os.environ.get("PYTHONPATH")) if p)
+    discover.cache_clear()
 
 
 def quiet_trainer(**kwargs: Any) -> pl.Trainer:
@@ -65,3 +76,12 @@ def extra_site(tmp_path: Path) -> Iterator[Path]:
 def run_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Lightning writes logs, checkpoints and the CLI's config.yaml under the working directory."""
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def no_process_group_left() -> Iterator[None]:
+    """A single-process DDP fit (``Trainer(strategy="ddp"...)``, ``devices=1``) leaves its process group
+    initialised; a later ``ddp_fork`` rank would inherit it instead of joining a new one."""
+    yield
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

@@ -1,8 +1,10 @@
 """How much does Ghost BatchNorm cost over plain BatchNorm? CPU timings, interleaved, medians and ratios.
 
-1. One layer, training mode, forward + backward: plain ``nn.BatchNorm``, ghost BN with strided and with
-   contiguous membership (one fused ``F.batch_norm`` call per part), and the usual implementation, a
-   Python loop of ``F.batch_norm`` over ``torch.chunk`` (as Composer does).
+1. One layer, training mode, forward + backward: plain ``nn.BatchNorm``, ghost BN with strided membership
+   (one fused ``F.batch_norm`` call per part), with contiguous membership (one ``native_group_norm`` call
+   per part since issue 6), the earlier contiguous path ("contiguous before": transpose copies around one
+   ``F.batch_norm``), and the usual implementation, a Python loop of ``F.batch_norm`` over ``torch.chunk``
+   (as Composer does).
 2. A small net's whole training step (forward, backward, SGD step) with plain BN, ghost BN at the
    default settings and ghost BN with contiguous membership. Goal: ghost default within 1.1× of plain.
    Memory: the activations autograd saves for backward in one forward (MiB).
@@ -28,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_gradlab.callbacks import apply_ghost_batchnorm
+from lightning_gradlab.ghost_batchnorm import functional
 from lightning_gradlab.ghost_batchnorm.functional import DEFAULT_LAYOUT
 from lightning_gradlab.ghost_batchnorm.layers import GHOST_CLASSES
 
@@ -47,6 +50,22 @@ class ChunkLoopBatchNorm(nn.Module):
                 for chunk in x.chunk(chunks)
             ]
         )
+
+
+class TransposeContiguous(nn.Module):
+    """``contiguous`` as shipped before issue 6: the transpose-copy path on every input (for before/after)."""
+
+    def __init__(self, ghost: nn.Module) -> None:
+        super().__init__()
+        self.ghost = ghost
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        applies = functional._group_norm_applies
+        functional._group_norm_applies = lambda piece: False
+        try:
+            return self.ghost(x)
+        finally:
+            functional._group_norm_applies = applies
 
 
 def plain_bn(channels: int, dims: int) -> nn.Module:
@@ -89,7 +108,14 @@ def layer_step(layer: nn.Module, x: torch.Tensor, upstream: torch.Tensor) -> Cal
 
 
 def bench_layers(repeats: int) -> list[dict]:
-    cases = [((256, 64, 16, 16), 32), ((1024, 32, 8, 8), 32), ((1024, 32, 8, 8), 16), ((4096, 512), 32)]
+    cases = [
+        ((256, 64, 16, 16), 32),
+        ((1024, 32, 8, 8), 32),
+        ((1024, 32, 8, 8), 16),
+        ((1024, 64, 2, 2), 32),
+        ((1024, 128, 4), 32),
+        ((4096, 512), 32),
+    ]
     rows = []
     for shape, g in cases:
         torch.manual_seed(0)
@@ -100,6 +126,7 @@ def bench_layers(repeats: int) -> list[dict]:
             "plain BN": plain_bn(shape[1], dims),
             "ghost strided": ghost_bn(shape[1], dims, g, "strided"),
             "ghost contiguous": ghost_bn(shape[1], dims, g, "contiguous"),
+            "contiguous before (transposes)": TransposeContiguous(ghost_bn(shape[1], dims, g, "contiguous")),
             "chunk loop": ChunkLoopBatchNorm(plain_bn(shape[1], dims), g),
         }
         result = time_interleaved({name: layer_step(layer, x, upstream) for name, layer in layers.items()}, repeats)
@@ -177,7 +204,7 @@ def bench_nets(repeats: int) -> list[dict]:
 
 def print_table(rows: list[dict]) -> None:
     names = list(rows[0])[1:]
-    width = 40 if "saved_mib" in rows[0][names[0]] else 26
+    width = 40 if "saved_mib" in rows[0][names[0]] else 30
     print(f"{'case':44s} " + " ".join(f"{name:>{width}s}" for name in names))
     for row in rows:
         cells = [f"{row[n]['median_ms']:9.2f} ms ({row[n]['ratio']:4.2f}×)" for n in names]

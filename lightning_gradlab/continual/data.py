@@ -30,7 +30,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lightning_gradlab.continual.sampler import TaskSequenceBatchSampler, TaskSequenceLoader
-from lightning_gradlab.core.validation import check_int
+from lightning_gradlab.core.validation import SettingError, check_int, check_seed
+
+_OWNER = "split_by_classes"
 
 
 def resolve_class_groups(
@@ -52,33 +54,30 @@ def resolve_class_groups(
     present = sorted({int(c) for c in classes})
     if class_groups is not None:
         if classes_per_task is not None or class_order is not None:
-            raise ValueError(
-                f"class_groups={class_groups!r} is given together with classes_per_task={classes_per_task!r} /"
-                f" class_order={class_order!r}; expected only class_groups, or classes_per_task with class_order"
-            )
+            raise SettingError(
+                _OWNER, "class_groups", class_groups,
+                f"no classes_per_task ({classes_per_task!r}) or class_order ({class_order!r}) beside it",
+            )  # fmt: skip
         groups = [[int(c) for c in g] for g in class_groups]
         flat = [c for g in groups for c in g]
         if not groups or any(not g for g in groups) or len(flat) != len(set(flat)) or not set(flat) <= set(present):
-            raise ValueError(
-                f"class_groups={class_groups!r} is invalid;"
-                f" expected non-empty, disjoint groups of the classes {present}"
-            )
+            expected = f"non-empty, disjoint groups of the classes {present}"
+            raise SettingError(_OWNER, "class_groups", class_groups, expected)
         return groups
     if class_order is not None:
         order = [int(c) for c in class_order]
         if sorted(order) != present:
-            raise ValueError(f"class_order={list(class_order)!r} is invalid; expected a permutation of {present}")
+            raise SettingError(_OWNER, "class_order", list(class_order), f"a permutation of {present}")
     elif seed is not None:
+        check_seed(_OWNER, "seed", seed)
         order = [present[i] for i in torch.randperm(len(present), generator=torch.Generator().manual_seed(seed))]
     else:
         order = present
     if classes_per_task is None:
-        raise ValueError("classes_per_task=None is invalid without class_groups; expected an int dividing the classes")
+        raise SettingError(_OWNER, "classes_per_task", None, "an int dividing the number of classes (or class_groups)")
     valid = [d for d in range(1, len(present) + 1) if len(present) % d == 0]
     if isinstance(classes_per_task, bool) or not isinstance(classes_per_task, int) or classes_per_task not in valid:
-        raise ValueError(
-            f"classes_per_task={classes_per_task!r} is invalid for {len(present)} classes; expected one of {valid}"
-        )
+        raise SettingError(_OWNER, "classes_per_task", classes_per_task, f"one of {valid} ({len(present)} classes)")
     return [order[i : i + classes_per_task] for i in range(0, len(order), classes_per_task)]
 
 
@@ -199,8 +198,9 @@ class ContinualDataModule(pl.LightningDataModule):
         check_int(owner, "eval_batch_size", eval_batch_size, 1)
         check_int(owner, "epochs_per_task", epochs_per_task, 1)
         check_int(owner, "num_workers", num_workers, 0)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"{owner}: seed={seed!r} is invalid; expected an int")
+        check_seed(owner, "seed", seed)
+        if not isinstance(drop_last, bool):
+            raise SettingError(owner, "drop_last", drop_last, "True or False")
         if (train_datasets is None) != (eval_datasets is None):
             raise ValueError(
                 f"{owner}: pass both train_datasets and eval_datasets, or neither (and override load_tasks)"
@@ -310,12 +310,12 @@ class ContinualDataModule(pl.LightningDataModule):
 
     def set_task(self, task: int | None) -> None:
         """Train on task ``task`` only (one ``fit`` per task), or on the whole sequence with ``None``."""
-        if task is not None and (isinstance(task, bool) or not isinstance(task, int)):
-            raise ValueError(f"{type(self).__name__}: task={task!r} is invalid; expected None or an int task id")
-        if task is not None and self._train is not None and not 0 <= task < len(self._train):
-            raise ValueError(
-                f"{type(self).__name__}: task={task!r} is invalid; expected None or 0 <= task < {len(self._train)}"
-            )
+        if task is not None:
+            high = None if self._train is None else len(self._train) - 1
+            try:
+                check_int(type(self).__name__, "task", task, 0, high)
+            except SettingError as error:
+                raise SettingError(type(self).__name__, "task", task, f"None or {error.expected}") from None
         self._task = task
 
     def train_dataset(self, task: int) -> TaskDataset:

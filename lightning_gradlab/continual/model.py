@@ -9,8 +9,9 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from lightning_gradlab.continual.replay import weighted_cross_entropy
-from lightning_gradlab.core.validation import check_int
+from lightning_gradlab.continual.losses import weighted_cross_entropy
+from lightning_gradlab.core.sampling import continue_unfinished_epoch
+from lightning_gradlab.core.validation import SettingError, check_float, check_int
 
 
 class ContinualClassifier(pl.LightningModule):
@@ -40,14 +41,15 @@ class ContinualClassifier(pl.LightningModule):
         batchnorm: bool = False,
     ) -> None:
         super().__init__()
-        check_int("ContinualClassifier", "num_classes", num_classes, 1)
-        check_int("ContinualClassifier", "input_size", input_size, 1)
+        owner = "ContinualClassifier"
+        check_int(owner, "num_classes", num_classes, 1)
+        check_int(owner, "input_size", input_size, 1)
         if not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden_sizes):
-            raise ValueError(f"ContinualClassifier: hidden_sizes={hidden_sizes!r} is invalid; expected ints >= 1")
-        if not (isinstance(lr, (int, float)) and lr > 0):
-            raise ValueError(f"ContinualClassifier: lr={lr!r} is invalid; expected a float > 0")
-        if not (isinstance(momentum, (int, float)) and 0 <= momentum < 1):
-            raise ValueError(f"ContinualClassifier: momentum={momentum!r} is invalid; expected a float in [0, 1)")
+            raise SettingError(owner, "hidden_sizes", hidden_sizes, "a list of ints >= 1")
+        check_float(owner, "lr", lr, 0.0, low_inclusive=False)
+        check_float(owner, "momentum", momentum, 0.0, 1.0, high_inclusive=False)
+        if not isinstance(batchnorm, bool):
+            raise SettingError(owner, "batchnorm", batchnorm, "True or False")
         self.save_hyperparameters()
         layers: list[nn.Module] = [nn.Flatten()]
         width = input_size
@@ -76,6 +78,9 @@ class ContinualClassifier(pl.LightningModule):
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._evaluate(batch, "test", dataloader_idx)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        continue_unfinished_epoch(checkpoint)  # a run stopped by max_steps resumes its unfinished sequence
 
     def configure_optimizers(self) -> Any:
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum)

@@ -6,20 +6,23 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 
 def plot_task_curves(
     history: Mapping[str, Sequence[Any]], task_end_steps: Mapping[int, int], metric: str, path: Path
 ) -> tuple[Figure, Path]:
-    """Draw each task's value over steps (from its first evaluation on) and save the PNG at ``path``."""
+    """Draw each task's value over steps (from its first evaluation on) and save the PNG at ``path``.
+
+    A bare ``Figure`` on an Agg canvas: no pyplot, so the process's matplotlib backend and pyplot's
+    global figure list are left alone.
+    """
     steps, values = history["step"], history["values"]
     num_tasks = len(values[0])
-    figure, ax = plt.subplots(figsize=(9, 4), dpi=120)
+    figure = Figure(figsize=(9, 4), dpi=120)
+    FigureCanvasAgg(figure)
+    ax = figure.subplots()
     for task in range(num_tasks):
         points = [(s, v[task]) for s, v in zip(steps, values) if v[task] == v[task]]  # skip NaN (unseen)
         if points:
@@ -50,5 +53,4 @@ def send_to_loggers(loggers: Sequence[Any], figure: Figure, key: str, step: int)
         else:
             continue
         sent.append(type(logger).__name__)
-    plt.close(figure)
     return sent

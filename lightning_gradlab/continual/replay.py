@@ -34,29 +34,23 @@ their Avalanche copy ``avalanche/training/storage_policy.py``), and what is kept
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from lightning_gradlab.continual.sampler import derive_seed
-from lightning_gradlab.core.conflicts import raise_on_conflicts, run_components
-from lightning_gradlab.core.validation import check_int
+from lightning_gradlab.continual.losses import weighted_cross_entropy
+from lightning_gradlab.continual.replay_manifest import MANIFEST
+from lightning_gradlab.core.conflicts import PluginCallback
+from lightning_gradlab.core.sampling import continue_unfinished_epoch, seeded_generator
+from lightning_gradlab.core.validation import check_choice, check_float, check_int, check_seed
+
+__all__ = ["ClassBalancedBuffer", "ExperienceReplay", "class_quotas", "replay_loss_weights", "weighted_cross_entropy"]
 
 UPDATES = ("task_end", "batch")
 FIELDS = ("x", "y", "task", "index", "key")
-
-
-def weighted_cross_entropy(
-    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
-) -> torch.Tensor:
-    """``Σ_i weight_i · CE(logits_i, target_i)``, or the plain mean cross-entropy when ``weight`` is ``None``."""
-    if weight is None:
-        return F.cross_entropy(logits, target)
-    return (F.cross_entropy(logits, target, reduction="none") * weight.to(logits.dtype)).sum()
 
 
 def replay_loss_weights(n_new: int, n_replay: int, Lw_new: float | None = 0.5) -> torch.Tensor:  # noqa: N803
@@ -135,7 +129,7 @@ class ClassBalancedBuffer:
         self.data = None if state is None else {k: state[k].clone() for k in FIELDS}
 
 
-class ExperienceReplay(Callback):
+class ExperienceReplay(PluginCallback):
     """Experience replay: a class-balanced buffer mixed into every training batch.
 
     In ``on_train_batch_start`` the batch dict ``{"x", "y", "task", ...}`` (as served by
@@ -145,7 +139,10 @@ class ExperienceReplay(Callback):
 
         loss = weighted_cross_entropy(self(batch["x"]), batch["y"], batch.get("weight"))
 
-    See the module docstring for how this follows the authors' ER. The buffer, the running task's
+    **The model must use ``batch["weight"]``.** A ``training_step`` that ignores it trains on the plain
+    mean over new and replayed samples (Avalanche's ``ReplayPlugin``, not the authors' ER with
+    ``Lw_new``) and nothing can tell from outside; :class:`~lightning_gradlab.continual.model.ContinualClassifier`
+    uses it. See the module docstring for how this follows the authors' ER. The buffer, the running task's
     candidates, the running task id and the generator state are in ``state_dict()``, so a resume
     mid-task continues exactly. Under DDP every rank keeps its own buffer of the samples it sees
     (``buffer_size`` per rank) and draws with its own generator (seeded from ``seed`` and the
@@ -169,6 +166,8 @@ class ExperienceReplay(Callback):
         trainer.fit(ContinualClassifier(), SplitDigits())
     """
 
+    gradlab_manifest = MANIFEST
+
     def __init__(
         self,
         buffer_size: int = 200,
@@ -177,21 +176,14 @@ class ExperienceReplay(Callback):
         update: str = "task_end",
         seed: int = 0,
     ) -> None:
-        check_int("ExperienceReplay", "buffer_size", buffer_size, 0)
-        if replay_batch_size is not None and (
-            isinstance(replay_batch_size, bool) or not isinstance(replay_batch_size, int) or replay_batch_size < 1
-        ):
-            raise ValueError(
-                f"ExperienceReplay: replay_batch_size={replay_batch_size!r} is invalid; expected None or an int >= 1"
-            )
-        if Lw_new is not None and (
-            isinstance(Lw_new, bool) or not isinstance(Lw_new, (int, float)) or not 0 < Lw_new <= 1
-        ):
-            raise ValueError(f"ExperienceReplay: Lw_new={Lw_new!r} is invalid; expected None or a float in (0, 1]")
-        if update not in UPDATES:
-            raise ValueError(f"ExperienceReplay: update={update!r} is invalid; expected one of {UPDATES}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"ExperienceReplay: seed={seed!r} is invalid; expected an int")
+        owner = "ExperienceReplay"
+        check_int(owner, "buffer_size", buffer_size, 0)
+        if replay_batch_size is not None:
+            check_int(owner, "replay_batch_size", replay_batch_size, 1)
+        if Lw_new is not None:
+            check_float(owner, "Lw_new", Lw_new, 0.0, 1.0, low_inclusive=False)
+        check_choice(owner, "update", update, UPDATES)
+        check_seed(owner, "seed", seed)
         self.buffer_size, self.replay_batch_size, self.update, self.seed = buffer_size, replay_batch_size, update, seed
         self.Lw_new = None if Lw_new is None else float(Lw_new)
         self.buffer = ClassBalancedBuffer()
@@ -210,10 +202,30 @@ class ExperienceReplay(Callback):
     # ------------------------------------------------------------------ hooks
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        raise_on_conflicts(run_components(trainer, pl_module))
+        super().setup(trainer, pl_module, stage)
         self.rank, self.world_size = trainer.global_rank, trainer.world_size
         if self.generator is None:  # the same instance may serve several fits (one per task): keep its state
-            self.generator = torch.Generator().manual_seed(derive_seed("experience-replay", self.seed, self.rank))
+            self.generator = seeded_generator("experience-replay", self.seed, self.rank)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # refuse a data module whose samples are not {"x", "y", "task"} dicts before the first step
+        dataset = getattr(trainer.train_dataloader, "dataset", None)
+        if dataset is not None and len(dataset) > 0:  # type: ignore[arg-type]
+            sample = dataset[0]
+            if not isinstance(sample, Mapping) or not {"x", "y", "task"} <= sample.keys():
+                found = sorted(sample) if isinstance(sample, Mapping) else type(sample).__name__
+                raise ValueError(
+                    f"ExperienceReplay: the training samples of {type(trainer.datamodule).__name__} are {found};"
+                    " expected dicts with keys 'x', 'y', 'task' (as lightning_gradlab.data.ContinualDataModule"
+                    " serves them)"
+                )
+
+    @override
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        continue_unfinished_epoch(checkpoint)  # a run stopped by max_steps resumes its unfinished sequence
 
     @override
     def on_train_batch_start(
@@ -237,7 +249,7 @@ class ExperienceReplay(Callback):
         if "weight" in batch:
             raise ValueError("ExperienceReplay: the batch already has a 'weight' entry; expected none (ER sets it)")
         if self.generator is None:
-            self.generator = torch.Generator().manual_seed(derive_seed("experience-replay", self.seed, self.rank))
+            self.generator = seeded_generator("experience-replay", self.seed, self.rank)
         x, y, task = batch["x"], batch["y"], batch["task"]
         n_new, device = len(y), y.device
         index = batch.get("index", torch.full_like(y, -1))

@@ -9,5 +9,5 @@ MANIFEST = PluginManifest(
     summary="Experience replay: a class-balanced buffer mixed into every batch, new/replay loss weighted by Lw_new",
     paper="De Lange, van de Ven, Tuytelaars 2023, Continual evaluation for lifelong learning:"
     " Identifying the stability gap (ICLR, arXiv:2205.13452), ER baseline",
-    conflicts_with=("ExperienceReplay",),
+    modifies=("train_batch",),
 )

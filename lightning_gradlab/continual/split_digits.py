@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch.utils.data import Dataset, TensorDataset
 
 from lightning_gradlab.continual.data import ContinualDataModule, resolve_class_groups, split_by_classes
+from lightning_gradlab.core.validation import check_float, check_int
 from lightning_gradlab.demo.digits import digits_tensors, stratified_split
 
 
@@ -49,15 +50,9 @@ class SplitDigits(ContinualDataModule):
     ) -> None:
         # validate now rather than at setup: the class groups depend only on the settings
         self._groups = resolve_class_groups(range(10), classes_per_task, class_order=class_order)
-        if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
-            raise ValueError(f"SplitDigits: test_fraction={test_fraction!r} is invalid; expected a float in (0, 1)")
-        if (
-            task is not None
-            and not isinstance(task, bool)
-            and isinstance(task, int)
-            and not 0 <= task < len(self._groups)
-        ):
-            raise ValueError(f"SplitDigits: task={task!r} is invalid; expected None or 0 <= task < {len(self._groups)}")
+        check_float("SplitDigits", "test_fraction", test_fraction, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+        if task is not None:
+            check_int("SplitDigits", "task", task, 0, len(self._groups) - 1)
         self.class_order = list(range(10)) if class_order is None else [int(c) for c in class_order]
         self.test_fraction = float(test_fraction)
         super().__init__(

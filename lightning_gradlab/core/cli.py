@@ -1,25 +1,52 @@
-"""The ``gradlab`` command: a ``LightningCLI`` that knows every discovered plugin.
+"""``GradlabCLI``: a ``LightningCLI`` that knows every discovered plugin.
 
-``gradlab fit|validate|test|predict --config run.yaml`` runs Lightning; ``gradlab plugins [--json]``
-lists the plugins found through entry points.
+The ``gradlab`` console script (:mod:`lightning_gradlab.core.entry`) runs it for
+``gradlab fit|validate|test|predict --config run.yaml``; ``gradlab plugins`` never imports this module.
 """
 
 from __future__ import annotations
 
-import sys
-from typing import Any
+from typing import Any, NoReturn
 
-from lightning.pytorch.cli import LightningCLI, LRSchedulerTypeTuple, _global_add_class_path
+from lightning.pytorch.cli import (
+    LightningArgumentParser,
+    LightningCLI,
+    LRSchedulerTypeTuple,
+    _global_add_class_path,
+)
+from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.optim import Optimizer
 
 from lightning_gradlab.core.conflicts import raise_on_conflicts, run_components
+from lightning_gradlab.core.entry import main as main
+from lightning_gradlab.core.errors import plugin_hints
 from lightning_gradlab.core.lazy_optimizers import attach_lazy_optimizers
-from lightning_gradlab.core.registry import load_all
+from lightning_gradlab.core.loading import load_plugins, suggest
+from lightning_gradlab.core.registry import PluginRecord
+from lightning_gradlab.core.save_config import GradlabSaveConfig
+from lightning_gradlab.core.strategies import register_strategies
 
 DESCRIPTION = (
     "lightning-gradlab: Lightning runs with methods from papers as plugins. Plugins resolve by short class"
     " name in YAML (class_path: GhostBatchNorm). 'gradlab plugins [--json] [--load]' lists the installed plugins."
+    " gradlab options: --traceback, --no-plugin-autoload, --plugins-allow=A,B, --plugins-block=C."
 )
+
+
+class PluginLoadWarning(UserWarning):
+    """A discovered plugin could not be loaded (or was refused); the run goes on without it."""
+
+
+class GradlabArgumentParser(LightningArgumentParser):
+    """Parser whose errors explain unknown class paths in terms of plugins."""
+
+    gradlab_records: list[PluginRecord] = []
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        records = self.gradlab_records
+        hints = plugin_hints(message, records, lambda name: suggest(name, records))
+        super().error("\n".join([message.rstrip(), *hints]) if hints else message, ex)
 
 
 def _automatic_init(cli: LightningCLI, register: dict[str, tuple[Any, str]], base: type | tuple[type, ...]) -> Any:
@@ -41,21 +68,43 @@ def _as_tuple(classes: type | tuple[type, ...]) -> tuple[type, ...]:
     return classes if isinstance(classes, tuple) else (classes,)
 
 
+def _warn_unloaded(records: list[PluginRecord], strategy_problems: list[str]) -> None:
+    for r in records:
+        if r.status == "failed":
+            rank_zero_warn(
+                f"gradlab: plugin {r.name!r} (distribution {r.distribution!r}) failed to load and is skipped:"
+                f" {r.error}",
+                category=PluginLoadWarning,
+            )
+    for problem in strategy_problems:
+        rank_zero_warn(f"gradlab: {problem}", category=PluginLoadWarning)
+
+
 class GradlabCLI(LightningCLI):
     """``LightningCLI`` with plugin discovery, lazy optimizers and conflict checks.
 
-    Every plugin found in the ``lightning_gradlab.plugins`` entry-point group is imported first, so
-    YAML can name it by short class name (``class_path: GhostBatchNorm``) or by full path. Any
-    ``LightningModule`` and ``LightningDataModule`` can be named in the config.
+    Every usable plugin of the ``lightning_gradlab.plugins`` entry-point group is imported first (see
+    :func:`~lightning_gradlab.core.loading.load_plugins`), so YAML names it by short class name
+    (``class_path: GhostBatchNorm``) or full path, and strategy plugins are registered under their
+    ``strategy_name`` (``--trainer.strategy=<name>``). Plugins that fail to load are reported as
+    :class:`PluginLoadWarning`. Any ``LightningModule`` and ``LightningDataModule`` can be named.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        load_all()
+        self.plugin_records = load_plugins()
+        _warn_unloaded(self.plugin_records, register_strategies(self.plugin_records))
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("parser_class", GradlabArgumentParser)
+        kwargs.setdefault("save_config_callback", GradlabSaveConfig)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("parser_kwargs", {"description": DESCRIPTION})
         super().__init__(*args, **kwargs)
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        parser = super().init_parser(**kwargs)
+        parser.gradlab_records = self.plugin_records  # read by GradlabArgumentParser.error
+        return parser
 
     def _add_configure_optimizers_method_to_model(self, subcommand: str | None) -> None:
         if not self.auto_configure_optimizers:
@@ -65,19 +114,15 @@ class GradlabCLI(LightningCLI):
         if optimizer_init is None:
             return  # the model's own configure_optimizers stays
         scheduler_init = _automatic_init(self, parser._lr_schedulers, LRSchedulerTypeTuple)
+        if is_overridden("configure_optimizers", self.model):
+            rank_zero_warn(
+                f"`{type(self.model).__name__}.configure_optimizers` will be overridden by the --optimizer"
+                f" {optimizer_init['class_path']} given to `{type(self).__name__}` (built lazily inside"
+                " configure_optimizers)."
+            )
         attach_lazy_optimizers(self.model, optimizer_init, scheduler_init)
 
     def _refuse_conflicts(self) -> None:
         raise_on_conflicts(run_components(self.trainer, self.model))
 
     before_fit = before_validate = before_test = before_predict = _refuse_conflicts
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``gradlab`` console script and ``python -m lightning_gradlab``."""
-    args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["plugins"]:
-        from lightning_gradlab.core.listing import plugins_command
-
-        sys.exit(plugins_command(args[1:]))
-    GradlabCLI(args=argv)  # None: LightningCLI reads sys.argv itself (and does not warn)

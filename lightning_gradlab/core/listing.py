@@ -1,6 +1,7 @@
 """``gradlab plugins``: what was found through entry points, as a table or as JSON.
 
-Reads manifests only (no torch import) unless ``--load`` asks to import every implementation too.
+Reads manifests only (no torch, no Lightning import) unless ``--load`` asks to import every
+implementation too. Rows are sorted by name; disabled plugins are listed with the reason.
 """
 
 from __future__ import annotations
@@ -9,19 +10,28 @@ import argparse
 import json
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lightning_gradlab.core.registry import PluginRecord, discover
+
+
+def _status(record: PluginRecord) -> str:
+    if record.status == "failed":
+        return f"[red]failed: {escape(record.error or '')}[/red]"
+    if record.status == "disabled":
+        return f"[yellow]disabled: {escape(record.disabled or '')}[/yellow]"
+    return record.status
 
 
 def plugins_table(records: list[PluginRecord]) -> Table:
     table = Table(title="lightning-gradlab plugins (entry-point group lightning_gradlab.plugins)")
     for column in ("name", "kind", "version", "distribution", "summary", "status"):
         table.add_column(column, overflow="fold")
-    for r in records:
+    for r in sorted(records, key=lambda r: r.name):
         m = r.manifest
-        status = f"[red]failed: {r.error}[/red]" if r.error else r.status
-        table.add_row(r.name, m.kind if m else "?", r.version, r.distribution, m.summary if m else "", status)
+        kind = (m.kind + (f" ({m.strategy_name})" if m.strategy_name else "")) if m else "?"
+        table.add_row(escape(r.name), kind, r.version, r.distribution, escape(m.summary) if m else "", _status(r))
     return table
 
 
@@ -32,8 +42,10 @@ def plugins_command(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     records = list(discover())
     if args.load:
-        for record in records:
-            record.load()
+        from lightning_gradlab.core.loading import load_plugins  # imports torch and Lightning
+
+        records = load_plugins(records)
+    records.sort(key=lambda r: r.name)
     if args.json:
         print(json.dumps([r.as_dict() for r in records], indent=2))
     else:

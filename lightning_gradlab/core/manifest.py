@@ -26,6 +26,9 @@ RESOURCES = {
     "train_sampler": "which training samples are drawn, in which order",
     "train_batch": "the content of training batches (samples mixed in)",
     "adapters": "adapter layers injected into the model",
+    "lora_gradients": "the gradients of LoRA adapter pairs (adjusted before the update)",
+    "weight_perturbation": "weights perturbed in the forward pass",
+    "modality_gradients": "the gradients entering each modality branch (rescaled)",
     "parameter_groups": "extra optimizer parameter groups with their own options (shared)",
 }
 #: Resources several plugins may modify in one run.

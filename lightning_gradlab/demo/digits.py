@@ -8,6 +8,10 @@ import torch
 from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from lightning_gradlab.core.validation import SettingError, check_int, check_seed
+
+OWNER = "DigitsDataModule"
+
 
 def digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
     """Images scaled to [0, 1] as float32 (N, 1, 8, 8) and labels as int64 (N,)."""
@@ -52,9 +56,10 @@ class DigitsDataModule(pl.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"DigitsDataModule: {name}={value!r} is invalid; expected an int >= 1")
+        check_int(OWNER, "batch_size", batch_size, minimum=1)
+        check_int(OWNER, "eval_batch_size", eval_batch_size, minimum=1)
+        check_seed(OWNER, "seed", seed)
+        check_int(OWNER, "num_workers", num_workers, minimum=0)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.seed, self.drop_last, self.num_workers = seed, drop_last, num_workers
 
@@ -73,6 +78,14 @@ class DigitsDataModule(pl.LightningDataModule):
             seed=self.seed,
             drop_last=self.drop_last,
         )
+        if self.drop_last and sampler.num_samples < self.batch_size:  # else: no batch at all, training never steps
+            raise SettingError(
+                OWNER,
+                "batch_size",
+                self.batch_size,
+                f"at most {sampler.num_samples} with drop_last=True: each of {sampler.num_replicas} device(s) holds"
+                f" {sampler.num_samples} training samples (the batch size is per device)",
+            )
         return DataLoader(
             self.train_set, self.batch_size, sampler=sampler, drop_last=self.drop_last, num_workers=self.num_workers
         )

@@ -7,7 +7,10 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
+
+from lightning_gradlab.core.validation import SettingError, check_choice, check_float, check_int
 
 ARCHITECTURES = ("mlp", "cnn")
 
@@ -29,13 +32,16 @@ def build_network(architecture: str, width: int, num_classes: int = 10, batchnor
             nn.Conv2d(width, 2 * width, 3, padding=1), norm2d(2 * width), nn.ReLU(), nn.MaxPool2d(2),
             nn.Flatten(), nn.Linear(2 * width * 16, num_classes),
         )  # fmt: skip
-    raise ValueError(f"architecture={architecture!r} is invalid; expected one of {ARCHITECTURES}")
+    raise SettingError("build_network", "architecture", architecture, f"one of {', '.join(map(repr, ARCHITECTURES))}")
 
 
 class DigitsClassifier(pl.LightningModule):
     """A BatchNorm MLP or CNN trained with cross-entropy; logs ``train_loss``, ``val_acc``, ``test_acc``.
 
-    Without an ``--optimizer`` in the config it uses SGD with momentum 0.9 at ``lr``.
+    Without an ``--optimizer`` in the config it uses SGD with momentum 0.9 at ``lr``. With another
+    optimizer, the hyperparameter ``lr`` is set to that optimizer's learning rate before it is logged,
+    so ``hparams.yaml`` records what ran. At the end of ``fit`` one info line reports the last
+    validation's metrics.
 
     Args:
         architecture: ``"mlp"`` or ``"cnn"``.
@@ -46,11 +52,11 @@ class DigitsClassifier(pl.LightningModule):
 
     def __init__(self, architecture: str = "mlp", width: int = 128, lr: float = 0.1, batchnorm: bool = True) -> None:
         super().__init__()
-        if not isinstance(width, int) or width < 1:
-            raise ValueError(f"DigitsClassifier: width={width!r} is invalid; expected an int >= 1")
-        if not lr > 0:
-            raise ValueError(f"DigitsClassifier: lr={lr!r} is invalid; expected a float > 0")
+        check_choice("DigitsClassifier", "architecture", architecture, ARCHITECTURES)
+        check_int("DigitsClassifier", "width", width, minimum=1)
+        check_float("DigitsClassifier", "lr", lr, low=0.0, low_inclusive=False)
         self.save_hyperparameters()
+        self.last_validation: dict[str, float] = {}
         self.net = build_network(architecture, width, batchnorm=batchnorm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,6 +79,29 @@ class DigitsClassifier(pl.LightningModule):
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._evaluate(batch, "test")
+
+    def on_fit_start(self) -> None:
+        ran = [group["lr"] for optimizer in self.trainer.optimizers for group in optimizer.param_groups]
+        if ran and ran[0] != self.hparams.lr:  # an --optimizer replaced ours: log its lr (hparams are logged next)
+            rank_zero_info(f"DigitsClassifier: lr={self.hparams.lr} is unused; the optimizer runs at lr={ran[0]}")
+            self.save_hyperparameters({**self.hparams, "lr": ran[0]})  # public API; also what gets logged
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            metrics = self.trainer.callback_metrics
+            self.last_validation = {k: float(metrics[k]) for k in ("val_acc", "val_loss") if k in metrics}
+            self.last_validation["step"] = self.trainer.global_step
+
+    def on_fit_end(self) -> None:
+        last = dict(self.last_validation)
+        if not last:
+            rank_zero_info(f"DigitsClassifier: fit ended at step {self.trainer.global_step}; no validation ran")
+            return
+        step = int(last.pop("step"))
+        scores = ", ".join(f"{k}={v:.4f}" for k, v in last.items())
+        rank_zero_info(
+            f"DigitsClassifier: fit ended at step {self.trainer.global_step}; last validation at step {step}: {scores}"
+        )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=0.9)

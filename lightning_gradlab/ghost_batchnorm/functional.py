@@ -2,31 +2,37 @@
 
 A training batch of ``N`` samples is split into ``k = N // g`` ghost batches; ghost batch ``l`` is
 normalised with its own mean ``μ_l`` and biased variance ``σ²_l``: ``γ (x − μ_l) / sqrt(σ²_l + ε) + β``.
-All ghost batches of one size go through a single ``F.batch_norm`` call over a reshaped tensor (ghost
-batches become channel groups), so there is no Python loop over ghost batches, and the running
-statistics are folded in closed form instead of ``k`` sequential updates.
+All ghost batches of one size go through a single kernel call, so there is no Python loop over ghost
+batches: ``strided`` membership is one ``F.batch_norm`` over a reshaped view (ghost batches become channel
+groups); ``contiguous`` membership is one ``native_group_norm`` over a channels_last view (ghost batches
+become samples, channels groups; see :func:`_contiguous_group_norm`), or the transpose-copy
+``F.batch_norm`` path where that view does not apply. The running statistics are folded in closed form
+instead of ``k`` sequential updates.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+
+from lightning_gradlab.core.validation import check_choice, check_int
 
 STATS_POLICIES = ("sequential", "scaled", "mean")
 LAYOUTS = ("strided", "contiguous")
 #: Ghost membership used when none is given. ``strided`` reshapes for free; ``contiguous`` (the paper's
-#: consecutive slices) costs a transpose copy forward and backward; see benchmarks/ghost_batchnorm/speed.py.
+#: consecutive slices) is copy-free through group norm on (N, C, *S) inputs with S >= 2, and costs transpose
+#: copies on (N, C) and channels_last inputs; see benchmarks/ghost_batchnorm/speed.py.
 DEFAULT_LAYOUT = "strided"
 
 
-def check_ghost_settings(virtual_batch_size: object, stats_policy: object, layout: object) -> None:
-    """Raise ``ValueError`` naming the setting, the value and what is valid."""
-    if isinstance(virtual_batch_size, bool) or not isinstance(virtual_batch_size, int) or virtual_batch_size < 2:
-        raise ValueError(f"virtual_batch_size={virtual_batch_size!r} is invalid: expected an int >= 2")
-    if stats_policy not in STATS_POLICIES:
-        raise ValueError(f"stats_policy={stats_policy!r} is invalid: expected one of {', '.join(STATS_POLICIES)}")
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout={layout!r} is invalid: expected one of {', '.join(LAYOUTS)}")
+def check_ghost_settings(owner: str, virtual_batch_size: object, stats_policy: object, layout: object) -> None:
+    """Raise :class:`~lightning_gradlab.core.validation.SettingError` naming ``owner``, the setting, the value
+    and what is valid."""
+    check_int(owner, "virtual_batch_size", virtual_batch_size, minimum=2)
+    check_choice(owner, "stats_policy", stats_policy, STATS_POLICIES)
+    check_choice(owner, "layout", layout, LAYOUTS)
 
 
 def ghost_partition(batch_size: int, virtual_batch_size: int) -> list[tuple[int, int]]:
@@ -38,25 +44,9 @@ def ghost_partition(batch_size: int, virtual_batch_size: int) -> list[tuple[int,
     a one-sample ghost batch never occurs (``torch.chunk`` would give N=100, g=32 → 4 × 25; here 34, 33, 33).
     """
     k = max(batch_size // virtual_batch_size, 1)
-    q, r = divmod(batch_size, k)
+    q = batch_size // k
+    r = batch_size - q * k  # not divmod: a symbolic size under torch.compile(dynamic) has no __divmod__
     return [(count, size) for count, size in ((r, q + 1), (k - r, q)) if count > 0]
-
-
-def ghost_indices(batch_size: int, virtual_batch_size: int, layout: str = DEFAULT_LAYOUT) -> list[torch.Tensor]:
-    """Sample indices of every ghost batch, in ghost order ``l = 1..k`` (head ghosts, then tail ghosts).
-
-    ``contiguous``: consecutive slices (the paper). ``strided``: within each part, sample ``j`` of the
-    part belongs to ghost ``j mod count`` (Keras, cifar10-fast). A reference for tests and docs; the
-    fused forward never builds these indices.
-    """
-    ghosts: list[torch.Tensor] = []
-    start = 0
-    for count, size in ghost_partition(batch_size, virtual_batch_size):
-        part = torch.arange(start, start + count * size)
-        grid = part.view(count, size) if layout == "contiguous" else part.view(size, count).T
-        ghosts += list(grid)
-        start += count * size
-    return ghosts
 
 
 def _normalize_part(
@@ -93,6 +83,68 @@ def _normalize_part(
     if layout == "strided":
         return y.reshape(x.shape)
     return y.reshape(n, count, channels, *spatial).transpose(0, 1).reshape(x.shape)
+
+
+def _group_norm_applies(x: torch.Tensor) -> bool:
+    """Whether :func:`_contiguous_group_norm` serves ``x``: plain contiguous memory (NC*S, not channels_last)
+    and a spatial size ``S >= 2``. For ``S = 1`` ((N, C) inputs) and channels_last inputs each group would be
+    a single group-norm channel, a case torch's CPU group-norm kernel runs 5–10× slower than BatchNorm."""
+    return x.dim() > 2 and x.is_contiguous() and math.prod(x.shape[2:]) > 1
+
+
+def _contiguous_group_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    count: int,
+    eps: float,
+    stats_dtype: torch.dtype | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Normalise ``count`` equal consecutive ghost batches of a contiguous ``x`` (count·n, C, *S), no copy of ``x``.
+
+    The ``(l, c)`` pairs are not one dimension of ``x``, so BatchNorm cannot take them as channels without
+    a transpose copy; group norm can: viewed as ``(count, C·S, n, 1)`` in channels_last strides (a view of
+    contiguous memory), sample ``l`` is ghost batch ``l`` and group ``c`` holds the ``S`` channels
+    ``(c, s)`` at all ``n`` positions, i.e. exactly the ghost batch's samples and spatial positions of
+    channel ``c``. One ``native_group_norm`` call (and one backward call) does all ghost batches, with
+    torch's own autograd formula (double backward included); ``γ``/``β`` are repeated ``S`` times.
+
+    Returns the output (the layout of ``x``) and, when ``stats_dtype`` is given, ``(2, count, C)``: the ghost
+    means and unbiased variances in ``stats_dtype``, as :func:`fold_running_stats` takes them.
+
+    Numerics: torch's channels_last group-norm kernel takes the variance as ``E[x²] − E[x]²``, which loses
+    digits when ``|mean| ≫ std``; BatchNorm's kernel is two-pass. For float32/float64 inputs each ghost
+    batch's channel is therefore shifted by its first value (one elementwise pass; the output and the
+    gradients do not depend on the shift, so it is detached) and the shift is added back to the mean.
+    Reduced-precision inputs (bf16/fp16, e.g. under autocast) are not shifted: the kernel accumulates in
+    float32, and its cancellation error stays below the input's own rounding.
+    """
+    channels = x.shape[1]
+    spatial = math.prod(x.shape[2:])
+    n = x.shape[0] // count
+    grouped = x.view(count, n, channels, spatial)
+    shift = None
+    if x.dtype in (torch.float32, torch.float64):
+        shift = grouped[:, 0, :, :1].detach()  # (count, 1·C, 1): first value of each ghost batch's channel
+        grouped = grouped - shift.unsqueeze(1)
+    # (count, C·S, n, 1) with strides (n·C·S, 1, C·S, C·S): channels_last, the layout torch's CPU kernel
+    # runs without a copy (a view through (count, n, C·S, 1) would get stride 1 on the unit dim and copy)
+    gn_input = grouped.view(count, n, 1, channels * spatial).permute(0, 3, 1, 2)
+    if weight is None and stats_dtype is not None and stats_dtype != x.dtype:
+        weight = torch.ones(channels, dtype=stats_dtype, device=x.device)  # statistics in stats_dtype
+    gn_weight = None if weight is None else weight.repeat_interleave(spatial)
+    gn_bias = None if bias is None else bias.repeat_interleave(spatial)
+    y, mean, rstd = torch.native_group_norm(gn_input, gn_weight, gn_bias, count, channels * spatial, n, channels, eps)
+    y = y.permute(0, 2, 3, 1).reshape(x.shape)  # a view when the kernel kept channels_last strides
+    if stats_dtype is None:
+        return y, None
+    with torch.no_grad():
+        mean, rstd = mean.detach().to(stats_dtype), rstd.detach().to(stats_dtype)
+        if shift is not None:
+            mean = mean + shift.squeeze(-1).to(stats_dtype)
+        size = n * spatial
+        var = (rstd.square().reciprocal() - eps).clamp_(min=0) * (size / (size - 1))  # biased → unbiased, as BatchNorm
+    return y, torch.stack([mean, var])
 
 
 @torch.no_grad()
@@ -163,12 +215,15 @@ def ghost_batch_norm(
     """Training-mode ghost BatchNorm of ``x`` (N, C, *S) with ghost batch size ``g = virtual_batch_size``.
 
     Updates ``running_mean``/``running_var`` (when given) by ``stats_policy`` and advances
-    ``num_batches_tracked``. At most two ``F.batch_norm`` calls (one per part of :func:`ghost_partition`),
-    whatever ``k``. Statistics are computed in the running buffers' dtype (fp32 under bf16/fp16 autocast).
+    ``num_batches_tracked``. At most two normalisation kernel calls (one per part of
+    :func:`ghost_partition`), whatever ``k``. Statistics are computed in the running buffers' dtype
+    (fp32 under bf16/fp16 autocast).
     """
-    check_ghost_settings(virtual_batch_size, stats_policy, layout)
+    check_ghost_settings("ghost_batch_norm", virtual_batch_size, stats_policy, layout)
     if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var are invalid: expected both tensors or both None")
+        raise ValueError(
+            "ghost_batch_norm: running_mean and running_var are invalid; expected both tensors or both None"
+        )
     parts = ghost_partition(x.shape[0], virtual_batch_size)
     track = running_mean is not None
     # split, not slicing: a single part is x itself, and split's backward is one cat where each slice's
@@ -176,6 +231,13 @@ def ghost_batch_norm(
     pieces = [x] if len(parts) == 1 else x.split([count * size for count, size in parts])
     outputs, part_stats = [], []
     for (count, _), piece in zip(parts, pieces, strict=True):  # one or two parts, never a loop over the k ghost batches
+        if layout == "contiguous" and _group_norm_applies(piece):
+            stats_dtype = running_mean.dtype if track else None
+            y, stats = _contiguous_group_norm(piece, weight, bias, count, eps, stats_dtype)
+            outputs.append(y)
+            if track:
+                part_stats.append(stats)
+            continue
         stats = None
         if track:
             stats = torch.zeros(2, count * x.shape[1], dtype=running_mean.dtype, device=x.device)
@@ -186,4 +248,15 @@ def ghost_batch_norm(
         fold_running_stats(running_mean, running_var, ghost_stats, num_batches_tracked, momentum, stats_policy)
         if num_batches_tracked is not None:
             num_batches_tracked.add_(ghost_batches_counted(ghost_stats.shape[1], momentum, stats_policy))
-    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+    y = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+    return y.contiguous(memory_format=_memory_format(x))  # as nn.BatchNorm: channels_last stays channels_last
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    """The memory format ``x`` is laid out in (channels_last for NHWC / NDHWC inputs)."""
+    if not x.is_contiguous():
+        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+            return torch.channels_last
+        if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+            return torch.channels_last_3d
+    return torch.contiguous_format

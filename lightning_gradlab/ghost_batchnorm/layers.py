@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from lightning_gradlab.core.validation import SettingError
 from lightning_gradlab.ghost_batchnorm.functional import DEFAULT_LAYOUT, check_ghost_settings, ghost_batch_norm
 
 
@@ -56,7 +57,7 @@ class _GhostBatchNorm(_BatchNorm):
         Only plain attributes: calling it on a BatchNorm whose class was swapped to a ghost class is
         all the conversion needs.
         """
-        check_ghost_settings(virtual_batch_size, stats_policy, layout)
+        check_ghost_settings(type(self).__name__, virtual_batch_size, stats_policy, layout)
         self.virtual_batch_size = virtual_batch_size
         self.stats_policy = stats_policy
         self.layout = layout
@@ -129,7 +130,7 @@ def ghost_class_for(bn_module_type: type[nn.Module]) -> type[_GhostBatchNorm]:
     try:
         return GHOST_CLASSES[bn_module_type]
     except (KeyError, TypeError):
-        raise ValueError(
-            f"bn_module_type={getattr(bn_module_type, '__name__', bn_module_type)!r} is invalid: expected exactly"
-            " one of BatchNorm1d, BatchNorm2d, BatchNorm3d"
+        name = getattr(bn_module_type, "__name__", bn_module_type)
+        raise SettingError(
+            "ghost_class_for", "bn_module_type", name, "exactly one of BatchNorm1d, BatchNorm2d, BatchNorm3d"
         ) from None

@@ -8,5 +8,5 @@ MANIFEST = PluginManifest(
     target="lightning_gradlab.ghost_batchnorm.callback:GhostBatchNorm",
     summary="Normalise each virtual (ghost) batch of the training batch separately",
     paper="Hoffer, Hubara, Soudry 2017, Train longer, generalize better (arXiv:1705.08741)",
-    conflicts_with=("GhostBatchNorm", "AdaB2N"),
+    modifies=("batchnorm_layers",),
 )

@@ -1,14 +1,17 @@
-"""The conformance suite: every plugin found through entry points runs the same battery.
+"""The conformance suite: every plugin found through entry points runs the same battery, wired by its kind
+(``wiring.py``: callback, strategy, optimizer, mixin, sampler; ``tests/testkit`` holds one test-only
+plugin per kind, discovered like any third-party distribution).
 
-1. discovery and ``gradlab plugins`` listing; 2. YAML by short name and full path through
-``gradlab``, ``--print_config`` round-trip; 3. a short CPU fit; 4. checkpoint at an epoch boundary
-+ resume == uninterrupted, bit for bit; 5. a 2-process DDP fit (gloo) with checks inside the ranks;
-6. bad settings raise errors naming the setting and the value.
+1. discovery and ``gradlab plugins --json --load``; 2. YAML by short name and full class path through
+``gradlab``, ``--print_config`` round-trip; 3. a short CPU fit, with the model's own and the lazy
+optimizer; 4. checkpoint (epoch boundary, or mid-epoch) + resume == uninterrupted, bit for bit: model,
+optimizer, plugin state (callback, strategy, sampler/loader), logged metrics; every checkpoint loads with
+``weights_only=True``; 5. a 2-process DDP fit (gloo) with the plugin's defaults and checks inside the
+ranks (``checks.RanksAgree``); 6. bad settings raise errors naming the setting and the value.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import subprocess
 import sys
@@ -17,18 +20,31 @@ from typing import Any
 
 import lightning.pytorch as pl
 import pytest
-import torch
 import yaml
+from checks import RanksAgree, checkpoint_state, diff_states, load_checkpoint, logged_rows, plugin_state
 from conftest import quiet_trainer
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from plugin_settings import SETTINGS, PluginSettings
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from plugin_settings import SETTINGS
+from wiring import (
+    NAMES,
+    RECORDS,
+    assert_init_args,
+    assert_param_groups,
+    dotted,
+    manifest,
+    plugin_instance,
+    plugin_object,
+    plugin_objects,
+    python_run,
+    settings,
+    yaml_config,
+)
 
 from lightning_gradlab.core.cli import GradlabCLI
-from lightning_gradlab.core.manifest import PluginManifest
-from lightning_gradlab.core.registry import discover, manifest_of
+from lightning_gradlab.core.manifest import KINDS
+from lightning_gradlab.core.registry import discover
 
-RECORDS = [r for r in discover() if r.manifest is not None]
-NAMES = [r.name for r in RECORDS]
 TRAINER_FLAGS = {
     "accelerator": "cpu",
     "devices": 1,
@@ -41,44 +57,20 @@ TRAINER_FLAGS = {
 }
 
 
-def manifest(name: str) -> PluginManifest:
-    return next(r.manifest for r in RECORDS if r.name == name)
+def check_run(name: str, trainer: pl.Trainer, model: pl.LightningModule, data: Any, init_args: dict) -> None:
+    """After a fit: the plugin is in the run with its settings; tagged parameters have their groups."""
+    assert trainer.global_step == TRAINER_FLAGS["max_steps"]
+    assert_init_args(plugin_object(name, trainer, model, data), init_args)
+    tagged = assert_param_groups(model, trainer.optimizers)
+    if "parameter_groups" in manifest(name).modifies:
+        assert tagged, f"{name} declares parameter_groups but tagged no parameter"
 
 
-def settings(name: str) -> PluginSettings:
-    if name not in SETTINGS:
-        pytest.fail(f"plugin {name!r} has no entry in tests/conformance/plugin_settings.py")
-    return SETTINGS[name]
-
-
-def build(class_path: str, init_args: dict[str, Any]) -> Any:
-    module, _, attr = class_path.rpartition(".")
-    return getattr(importlib.import_module(module), attr)(**init_args)
-
-
-def plugin_instance(name: str, **overrides: Any) -> Any:
-    return manifest(name).load()(**{**settings(name).init_args, **overrides})
-
-
-def run_parts(name: str) -> tuple[pl.LightningModule, pl.LightningDataModule]:
-    s = settings(name)
-    return build(*s.model), build(*s.data)
-
-
-def state_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def assert_bit_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    different = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not different, f"tensors differ: {different}"
-
-
-def test_every_discovered_plugin_loads_and_has_settings() -> None:
-    failed = {r.name: r.error for r in discover() if r.load() is None}
+def test_every_discovered_plugin_loads_and_every_kind_is_covered() -> None:
+    failed = {r.name: r.error for r in discover() if r.error or r.load() is None}
     assert not failed, failed
-    assert set(NAMES) <= set(SETTINGS), f"no conformance settings for {set(NAMES) - set(SETTINGS)}"
+    assert set(NAMES) <= set(SETTINGS), "plugins without conformance settings"
+    assert {manifest(n).kind for n in NAMES} == set(KINDS), "the suite must run at least one plugin of each kind"
 
 
 @pytest.fixture(scope="module")
@@ -95,67 +87,58 @@ def listing() -> dict[str, dict[str, Any]]:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_listed(name: str, listing: dict[str, dict[str, Any]]) -> None:
-    row, m = listing[name], manifest(name)
+    row, record = listing[name], next(r for r in RECORDS if r.name == name)
+    m = record.manifest
     assert row["status"] == "loaded", row["error"]
-    assert (row["kind"], row["summary"], row["paper"]) == (m.kind, m.summary, m.paper)
-    assert row["version"] and row["distribution"]
-    assert m.kind in {"callback", "strategy", "mixin", "optimizer", "sampler"} and m.summary and m.paper
+    assert (row["kind"], row["summary"], row["paper"], row["target"]) == (m.kind, m.summary, m.paper, m.target)
+    assert (row["distribution"], row["version"]) == (record.distribution, record.version)
 
 
-def write_config(path: Path, name: str, class_path: str) -> Path:
-    s = settings(name)
-    config = {
-        "seed_everything": 0,
-        "trainer": {
-            **TRAINER_FLAGS,
-            **s.trainer_args,
-            "callbacks": [{"class_path": class_path, "init_args": s.init_args}],
-        },
-        "model": {"class_path": s.model[0], "init_args": s.model[1]},
-        "data": {"class_path": s.data[0], "init_args": s.data[1]},
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def plugin_callbacks(trainer: pl.Trainer, name: str) -> list[Callback]:
-    return [c for c in trainer.callbacks if manifest_of(c) is not None and manifest_of(c).name == name]
+def printed_marker(name: str) -> str:
+    """What a printed config must contain when the plugin is wired in."""
+    m = manifest(name)
+    return {"strategy": str(m.strategy_name), "mixin": settings(name).model[0]}.get(m.kind, dotted(m.target))
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_yaml_short_name_fit_and_print_config_round_trip(
     name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    if manifest(name).kind != "callback":
-        pytest.skip("YAML check written for callbacks; add one for this kind")
-    config = write_config(tmp_path / "short.yaml", name, name)
+    config = tmp_path / "short.yaml"
+    config.write_text(yaml.safe_dump(yaml_config(name, short=True, trainer_flags=TRAINER_FLAGS)))
     with pytest.raises(SystemExit):
         GradlabCLI(args=["fit", "--config", str(config), "--print_config"])
     printed = tmp_path / "printed.yaml"
     printed.write_text(capsys.readouterr().out)
-    assert manifest(name).target.replace(":", ".") in printed.read_text()
+    assert printed_marker(name) in printed.read_text()
     cli = GradlabCLI(args=["fit", "--config", str(printed)])
-    (plugin,) = plugin_callbacks(cli.trainer, name)
-    for key, value in settings(name).init_args.items():
-        actual = getattr(plugin, key)
-        assert (list(actual) if isinstance(actual, tuple) else actual) == value, key
-    assert cli.trainer.global_step == TRAINER_FLAGS["max_steps"]
+    check_run(name, cli.trainer, cli.model, cli.datamodule, settings(name).init_args)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_yaml_full_class_path(name: str, tmp_path: Path) -> None:
-    if manifest(name).kind != "callback":
-        pytest.skip("YAML check written for callbacks; add one for this kind")
-    config = write_config(tmp_path / "full.yaml", name, manifest(name).target.replace(":", "."))
+    config = tmp_path / "full.yaml"
+    config.write_text(yaml.safe_dump(yaml_config(name, short=False, trainer_flags=TRAINER_FLAGS)))
     cli = GradlabCLI(args=["--config", str(config)], run=False)
-    assert len(plugin_callbacks(cli.trainer, name)) == 1
+    assert plugin_objects(name, cli.trainer, cli.model, cli.datamodule), f"{name} is not in the run"
 
 
-def fit_with_checkpoints(name: str, root: Path, ckpt_path: str | None = None) -> pl.LightningModule:
-    """Three epochs of four batches with a checkpoint per epoch, or (``resume_at="step"``) one epoch of
-    twelve batches with a checkpoint every four steps."""
+@pytest.mark.parametrize("own_optimizer", [True, False], ids=["own_optimizer", "lazy_optimizer"])
+@pytest.mark.parametrize("name", NAMES)
+def test_short_cpu_fit(name: str, own_optimizer: bool) -> None:
     pl.seed_everything(0)
-    model, data = run_parts(name)
+    run = python_run(name, own_optimizer=own_optimizer)
+    trainer = quiet_trainer(max_steps=TRAINER_FLAGS["max_steps"], limit_val_batches=0, **run.trainer_args)
+    trainer.fit(run.model, datamodule=run.data)
+    check_run(name, trainer, run.model, run.data, settings(name).init_args)
+
+
+def fit_with_checkpoints(name: str, root: Path, ckpt_path: str | None = None) -> Any:
+    """Three epochs of four batches with a checkpoint per epoch, or (``resume_at="step"``) one epoch of
+    twelve batches with a checkpoint every four steps; metrics logged every step to a CSV file.
+    Returns the plugin's state after the run."""
+    pl.seed_everything(0)
+    run = python_run(name)
     by_step = settings(name).resume_at == "step"
     checkpoints = ModelCheckpoint(
         dirpath=root,
@@ -163,57 +146,57 @@ def fit_with_checkpoints(name: str, root: Path, ckpt_path: str | None = None) ->
         filename="{epoch}-{step}",
         **({"every_n_train_steps": 4} if by_step else {"every_n_epochs": 1}),
     )
+    trainer_args = dict(run.trainer_args)
     trainer = quiet_trainer(
-        callbacks=[plugin_instance(name), checkpoints],
+        callbacks=[*trainer_args.pop("callbacks", []), checkpoints],
         enable_checkpointing=True,
+        logger=CSVLogger(root, name="logs", version=0),
+        log_every_n_steps=1,
         max_epochs=1 if by_step else 3,
         limit_train_batches=12 if by_step else 4,
         limit_val_batches=0,
-        **settings(name).trainer_args,
+        **trainer_args,
     )
-    trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
-    return model
+    trainer.fit(run.model, datamodule=run.data, ckpt_path=ckpt_path)
+    return plugin_state(plugin_object(name, trainer, run.model, run.data))
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_resume_from_checkpoint_equals_uninterrupted_run(name: str, tmp_path: Path) -> None:
-    uninterrupted = state_of(fit_with_checkpoints(name, tmp_path / "a"))
-    first_checkpoint = str(tmp_path / "a" / "epoch=0-step=4.ckpt")
-    resumed = state_of(fit_with_checkpoints(name, tmp_path / "b", ckpt_path=first_checkpoint))
-    assert_bit_identical(uninterrupted, resumed)
-
-
-class RanksAgree(Callback):
-    """Runs inside every DDP rank: the plugin is active there and all ranks hold the same weights."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        assert trainer.world_size == 2 and len(plugin_callbacks(trainer, self.name)) == 1
-        flat = torch.cat([p.detach().flatten() for p in pl_module.parameters()])
-        gathered = trainer.strategy.all_gather(flat)
-        assert torch.equal(gathered[0], gathered[1]), f"{self.name}: ranks disagree after a DDP fit"
+    a, b = tmp_path / "a", tmp_path / "b"
+    uninterrupted = fit_with_checkpoints(name, a)
+    resumed = fit_with_checkpoints(name, b, ckpt_path=str(a / "epoch=0-step=4.ckpt"))
+    assert not diff_states(uninterrupted, resumed), f"plugin state after the run: {diff_states(uninterrupted, resumed)}"
+    written = sorted(p.name for p in b.glob("*.ckpt"))
+    assert written and set(written) <= {p.name for p in a.glob("*.ckpt")}, written
+    for checkpoint in sorted(a.glob("*.ckpt")):
+        load_checkpoint(checkpoint)  # every checkpoint loads with weights_only=True
+    for filename in written:
+        expected = checkpoint_state(load_checkpoint(a / filename))
+        differs = diff_states(expected, checkpoint_state(load_checkpoint(b / filename)))
+        assert not differs, f"{filename}: {differs[:10]}"
+    rows_a, rows_b = logged_rows(a / "logs/version_0/metrics.csv"), logged_rows(b / "logs/version_0/metrics.csv")
+    assert rows_b and rows_b == rows_a[len(rows_a) - len(rows_b) :], "the resumed run logged other metrics"
+    assert int(rows_b[0]["step"]) == 4, "the resumed run did not log from the checkpoint's step on"
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_ddp_two_processes(name: str) -> None:
+def test_ddp_two_processes_with_default_settings(name: str) -> None:
     pl.seed_everything(0)
-    model, data = run_parts(name)
+    run = python_run(name, defaults=True, ddp=True, own_optimizer=manifest(name).kind != "optimizer")
+    trainer_args = dict(run.trainer_args)
     trainer = quiet_trainer(
-        callbacks=[plugin_instance(name), RanksAgree(name)],
-        strategy="ddp_fork",
-        devices=2,
+        callbacks=[*trainer_args.pop("callbacks", []), RanksAgree(name)],
         max_steps=3,
         limit_val_batches=0,
-        **settings(name).trainer_args,
+        **trainer_args,
     )
-    trainer.fit(model, datamodule=data)  # the checks run inside the ranks (RanksAgree)
+    trainer.fit(run.model, datamodule=run.data)  # the checks run inside the ranks (RanksAgree)
 
 
 @pytest.mark.parametrize(
     ("name", "bad", "setting"),
-    [(name, bad, setting) for name in NAMES for bad, setting in settings(name).bad_settings],
+    [(name, bad, setting) for name in NAMES for bad, setting in getattr(SETTINGS.get(name), "bad_settings", [])],
 )
 def test_bad_setting_is_refused_with_a_clear_error(name: str, bad: dict[str, Any], setting: str) -> None:
     with pytest.raises((ValueError, TypeError)) as err:

@@ -12,9 +12,9 @@ from conftest import quiet_trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 
-from lightning_gradlab.callbacks import ContinualEvaluation, ExperienceReplay
-from lightning_gradlab.continual.evaluation import eval_subset
+from lightning_gradlab.continual.evaluation import ContinualEvaluation, eval_subset
 from lightning_gradlab.continual.model import ContinualClassifier
+from lightning_gradlab.continual.replay import ExperienceReplay
 from lightning_gradlab.continual.schedule import EvaluationSchedule
 from lightning_gradlab.data import SplitDigits
 from lightning_gradlab.metrics import stability_metrics
@@ -103,15 +103,16 @@ def test_rho_with_forced_task_end_micro_accuracy_and_post_hoc_agreement(tmp_path
 
 
 def test_resume_mid_task_gives_the_metrics_of_an_uninterrupted_run(tmp_path: Path) -> None:
-    def run(ckpt_path: str | None, root: Path) -> tuple[ContinualEvaluation, pl.LightningModule]:
+    def run(ckpt_path: str | None, root: Path, max_steps: int = 80) -> tuple[ContinualEvaluation, pl.LightningModule]:
         evaluation = ContinualEvaluation(every_n_steps=3, samples_per_task=30, windows=(4, 10), plot=False)
         saver = ModelCheckpoint(dirpath=root, every_n_train_steps=25, save_top_k=-1, filename="{step}")
         callbacks = [ExperienceReplay(buffer_size=40), evaluation, saver]
-        model = fit(callbacks, ckpt_path=ckpt_path, dropout=False, enable_checkpointing=True)
+        # max_steps=80 stops in task 4 (16 batches a task): the rest of the sequence would add no check
+        model = fit(callbacks, max_steps=max_steps, ckpt_path=ckpt_path, dropout=False, enable_checkpointing=True)
         return evaluation, model
 
-    full, full_model = run(None, tmp_path / "a")
-    resumed, resumed_model = run(str(tmp_path / "a" / "step=50.ckpt"), tmp_path / "b")  # mid task 1
+    full, full_model = run(None, tmp_path / "a", 80)
+    resumed, resumed_model = run(str(tmp_path / "a" / "step=50.ckpt"), tmp_path / "b")  # mid task 3
     assert resumed.history["step"] == full.history["step"] and resumed.history["task"] == full.history["task"]
     torch.testing.assert_close(
         torch.tensor(resumed.history["values"], dtype=torch.float64),
@@ -181,10 +182,101 @@ def test_requires_continual_data_and_nonempty_eval_sets() -> None:
         trainer.fit(ContinualClassifier(hidden_sizes=(8,)), datamodule=empty)
 
 
-def test_more_than_one_epoch_is_refused() -> None:
+def test_more_than_one_epoch_is_refused_saying_what_to_set() -> None:
     trainer = quiet_trainer(callbacks=[ContinualEvaluation(plot=False)], max_epochs=2)
-    with pytest.raises(ValueError, match=r"max_epochs=2\) is invalid"):
+    with pytest.raises(ValueError, match=r"max_epochs=2 .*one fit serves the whole task sequence.*max_epochs=1\)"):
         trainer.fit(ContinualClassifier(hidden_sizes=(8,)), datamodule=SplitDigits(batch_size=16))
+    default = pl.Trainer(callbacks=[ContinualEvaluation(plot=False)], logger=False, enable_checkpointing=False)
+    with pytest.raises(ValueError, match=r"Lightning's default is 1000 when neither max_epochs nor max_steps is set"):
+        default.fit(ContinualClassifier(hidden_sizes=(8,)), datamodule=SplitDigits(batch_size=16))
+
+
+class DictForward(ContinualClassifier):
+    def forward(self, batch: dict) -> torch.Tensor:  # type: ignore[override]
+        return self.net(batch["x"])
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(self(batch), batch["y"])
+
+
+def test_a_forward_that_takes_the_batch_dict_is_named() -> None:
+    trainer = quiet_trainer(callbacks=[ContinualEvaluation(plot=False)], max_epochs=1, max_steps=2)
+    with pytest.raises(TypeError, match=r"ContinualEvaluation calls DictForward.forward\(x\) with the stacked"):
+        trainer.fit(DictForward(hidden_sizes=(8,)), datamodule=SplitDigits(batch_size=16))
+
+
+def test_two_instances_get_distinct_keys_and_plots(tmp_path: Path) -> None:
+    """The paper's rho = 1 vs rho = 10 comparison in one run: the second used to overwrite the first."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    dense, sparse = ContinualEvaluation(samples_per_task=20), ContinualEvaluation(every_n_steps=10, samples_per_task=20)
+    assert (dense.name, sparse.name) == ("continual", "continual_rho10") and dense.state_key != sparse.state_key
+    logger = CSVLogger(tmp_path, name="run")
+    fit([dense, sparse], max_steps=20, logger=logger, log_every_n_steps=10)
+    logger.finalize("success")
+    header = (Path(logger.log_dir) / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"continual/acc", "continual_rho10/acc"} <= set(header)
+    assert dense.plot_path != sparse.plot_path and dense.plot_path.is_file() and sparse.plot_path.is_file()
+    assert len(dense.history["step"]) == 21 and len(sparse.history["step"]) == 4  # f_0, 10, 16 (task end), 20
+    with pytest.raises(RuntimeError, match=r"state_key` must be unique"):  # the name is the state key
+        quiet_trainer(callbacks=[ContinualEvaluation(plot=False), ContinualEvaluation(seed=1)])
+    quiet_trainer(callbacks=[ContinualEvaluation(plot=False), ContinualEvaluation(seed=1, name="seed1")])
+    with pytest.raises(ValueError, match=r"name='a/b' is invalid"):
+        ContinualEvaluation(name="a/b")
+
+
+def test_plotting_leaves_the_matplotlib_backend_alone(tmp_path: Path) -> None:
+    import importlib
+
+    import matplotlib
+
+    from lightning_gradlab.continual import plot
+
+    previous = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        importlib.reload(plot)  # the import used to call matplotlib.use("Agg") for the whole process
+        plot.plot_task_curves({"step": [0, 1], "values": [[0.5], [0.7]]}, {0: 1}, "accuracy", tmp_path / "p.png")
+        assert matplotlib.get_backend() == "svg" and (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    finally:
+        matplotlib.use(previous)
+
+
+def test_resume_from_the_end_of_a_run_stopped_by_max_steps_finishes_the_sequence(tmp_path: Path) -> None:
+    """The default ModelCheckpoint saves at the (cut) epoch end: the resume used to train nothing."""
+
+    def run(max_steps: int = -1, ckpt_path: str | None = None) -> tuple[ContinualEvaluation, pl.LightningModule]:
+        evaluation = ContinualEvaluation(every_n_steps=4, samples_per_task=20, plot=False)
+        model = fit([ExperienceReplay(buffer_size=30), evaluation], max_steps=max_steps, ckpt_path=ckpt_path,
+                    dropout=False, enable_checkpointing=True, default_root_dir=tmp_path)  # fmt: skip
+        return evaluation, model
+
+    full, full_model = run()
+    run(max_steps=30)  # stops inside task 1 (16 batches a task)
+    checkpoint = next((tmp_path / "checkpoints").glob("epoch=0-step=30*.ckpt"))
+    # every plugin's checkpoint state loads without unpickling code
+    state = torch.load(checkpoint, weights_only=True)
+    assert {"ContinualEvaluation", "ExperienceReplay"} <= {k.split("{")[0] for k in state["callbacks"]}
+    resumed, resumed_model = run(ckpt_path=str(checkpoint))
+    assert resumed.history["step"] == full.history["step"] and resumed.history["step"][-1] == 80
+    torch.testing.assert_close(torch.tensor(resumed.history["values"]), torch.tensor(full.history["values"]),
+                               rtol=0, atol=0, equal_nan=True)  # fmt: skip
+    torch.testing.assert_close(resumed.results(), full.results(), rtol=0, atol=0, equal_nan=True)
+    for a, b in zip(full_model.parameters(), resumed_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_ddp_default_plot_is_written_and_results_come_back(tmp_path: Path) -> None:
+    """Rank 0 used to call trainer.log_dir (a broadcast) alone in on_train_end and crash; results() raised."""
+    evaluation = ContinualEvaluation(every_n_steps=10, samples_per_task=21)  # plot=True, the default
+    trainer = quiet_trainer(callbacks=[evaluation], max_epochs=1, max_steps=20, strategy="ddp_fork", devices=2,
+                            default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(ContinualClassifier(hidden_sizes=(8,)), datamodule=SplitDigits(batch_size=16))
+    assert (tmp_path / "continual_rho10.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(RuntimeError, match=r"no evaluation ran in this process.*call results\(trainer\)"):
+        evaluation.results()  # the ranks ran in child processes
+    results = evaluation.results(trainer)
+    assert 0.0 <= results["acc"] <= 1.0 and "wc_acc" in results and "acc_task_1" in results
 
 
 def test_metrics_reach_the_logger_at_task_ends_and_at_the_end(tmp_path: Path) -> None:

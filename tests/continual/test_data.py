@@ -114,6 +114,8 @@ def test_split_digits_seeding_and_class_order() -> None:
         ({"test_fraction": 1.0}, "test_fraction=1.0"),
         ({"task": 5}, "task=5"),
         ({"seed": 0.5}, "seed=0.5"),
+        ({"seed": -1}, "seed=-1"),
+        ({"drop_last": "yes"}, "drop_last='yes'"),
     ],
 )
 def test_split_digits_bad_settings(kwargs: dict, setting: str) -> None:
@@ -253,7 +255,7 @@ def test_continual_data_module_bad_settings() -> None:
 
 
 def _fit(
-    data: ContinualDataModule, ckpt_path: str | None = None, checkpoint_dir: Path | None = None
+    data: ContinualDataModule, ckpt_path: str | None = None, checkpoint_dir: Path | None = None, max_steps: int = 100
 ) -> pl.LightningModule:
     pl.seed_everything(0, verbose=False)
     model = ContinualClassifier(hidden_sizes=(32, 32), lr=0.05)
@@ -261,7 +263,11 @@ def _fit(
     if checkpoint_dir is not None:
         callbacks.append(ModelCheckpoint(checkpoint_dir, "{step}", every_n_train_steps=17, save_top_k=-1))
     trainer = quiet_trainer(
-        max_epochs=1, callbacks=callbacks, enable_checkpointing=checkpoint_dir is not None, limit_val_batches=0
+        max_epochs=1,
+        max_steps=max_steps,  # stop inside task 1 (52 batches a task): the whole sequence adds nothing
+        callbacks=callbacks,
+        enable_checkpointing=checkpoint_dir is not None,
+        limit_val_batches=0,
     )
     trainer.fit(model, data, ckpt_path=ckpt_path)
     return model

@@ -157,7 +157,11 @@ def _fit(ckpt_path: str | None = None, checkpoint_dir: Path | None = None, **er_
     if checkpoint_dir is not None:
         callbacks.append(ModelCheckpoint(checkpoint_dir, "{step}", every_n_train_steps=20, save_top_k=-1))
     trainer = quiet_trainer(
-        max_epochs=1, callbacks=callbacks, enable_checkpointing=checkpoint_dir is not None, limit_val_batches=0
+        max_epochs=1,
+        max_steps=150,  # inside task 2 (52 batches a task): replay of two tasks, no need for the rest
+        callbacks=callbacks,
+        enable_checkpointing=checkpoint_dir is not None,
+        limit_val_batches=0,
     )
     trainer.fit(model, SplitDigits(batch_size=10, epochs_per_task=2, seed=2), ckpt_path=ckpt_path)
     return model
@@ -184,6 +188,15 @@ def test_one_instance_serves_one_fit_per_task() -> None:
         assert er.class_counts() == class_quotas(list(range(2 * task + 2)), 20)  # committed at each fit's end
 
 
+def test_samples_that_are_not_dicts_are_refused_before_the_first_step() -> None:
+    from lightning_gradlab.demo import DigitsClassifier, DigitsDataModule
+
+    trainer = quiet_trainer(max_epochs=1, callbacks=[ExperienceReplay(buffer_size=4)], limit_val_batches=0)
+    with pytest.raises(ValueError, match=r"training samples of DigitsDataModule are tuple; expected dicts"):
+        trainer.fit(DigitsClassifier(width=8), DigitsDataModule())
+    assert trainer.global_step == 0
+
+
 def test_bad_batches_are_refused() -> None:
     er = ExperienceReplay(buffer_size=4)
     with pytest.raises(ValueError, match="dicts with keys 'x', 'y', 'task'"):
@@ -208,6 +221,8 @@ def test_bad_batches_are_refused() -> None:
         ({"Lw_new": 1.5}, "Lw_new=1.5"),
         ({"update": "epoch"}, "update='epoch'"),
         ({"seed": "a"}, "seed='a'"),
+        ({"seed": -1}, "seed=-1"),
+        ({"replay_batch_size": True}, "replay_batch_size=True"),
     ],
 )
 def test_bad_settings(kwargs: dict, setting: str) -> None:
@@ -217,7 +232,7 @@ def test_bad_settings(kwargs: dict, setting: str) -> None:
 
 
 def test_manifest_and_conflict_with_itself(extra_site: Path) -> None:
-    assert MANIFEST.load() is ExperienceReplay and MANIFEST.describes(ExperienceReplay())
+    assert MANIFEST.load() is ExperienceReplay and ExperienceReplay.gradlab_manifest is MANIFEST
     registered = any(ep.name == "ExperienceReplay" for ep in entry_points(group="lightning_gradlab.plugins"))
     if not registered:  # until pyproject.toml lists it, register it through a throw-away distribution
         write_distribution(

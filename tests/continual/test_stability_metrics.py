@@ -11,7 +11,7 @@ import torch
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_gradlab.continual.metrics import StabilityMetrics, micro_accuracy
-from lightning_gradlab.continual.stability import StabilityTracker, stability_metrics
+from lightning_gradlab.continual.stability import stability_metrics
 
 NAN = math.nan
 # the spec's trajectory: task 0 [.90, .95 | task 1 starts | .40, .60, .80], task 1 [.50, .70, .90]
@@ -172,11 +172,11 @@ def test_metric_state_dict_round_trip_mid_task() -> None:
     buffer.seek(0)
     resumed = StabilityMetrics(4, windows=(2, 6), lca_beta=3)
     resumed.load_state_dict(torch.load(buffer))
-    assert int(resumed.count) == cut and resumed.update_count == cut
+    assert int(resumed.count) == cut
     for row, task in zip(values[cut:], tasks[cut:], strict=True):
         resumed.update(torch.from_numpy(row), task)
     assert same(resumed.compute(), full.compute())
-    with pytest.raises(ValueError, match=r"state_dict\['last'\] has shape \(4,\): expected shape \(5,\)"):
+    with pytest.raises(ValueError, match=r"state_dict\['last'\] has shape \(4,\); expected \(5,\)"):
         StabilityMetrics(5, windows=(2, 6), lca_beta=3).load_state_dict(first.state_dict())
 
 
@@ -191,12 +191,35 @@ def test_metric_reset_and_ddp_settings() -> None:
 
 
 def test_memory_does_not_grow_with_the_history() -> None:
-    tracker = StabilityTracker(3, windows=(4, 7), lca_beta=2)
-    shapes = {k: tuple(v.shape) for k, v in tracker.state_dict().items()}
+    metric = StabilityMetrics(3, windows=(4, 7), lca_beta=2)
+    shapes = {k: tuple(v.shape) for k, v in metric.state_dict().items()}
     for e in range(300):
-        tracker.update(torch.rand(3, generator=torch.Generator().manual_seed(e)), min(e // 100, 2))
-    assert {k: tuple(v.shape) for k, v in tracker.state_dict().items()} == shapes
+        metric.update(torch.rand(3, generator=torch.Generator().manual_seed(e)), min(e // 100, 2))
+    assert {k: tuple(v.shape) for k, v in metric.state_dict().items()} == shapes
     assert shapes["window"] == (3, 6)
+
+
+def test_forward_adds_the_row_and_returns_the_history_metrics() -> None:
+    """``metric(values, task)`` used to raise on the first row of task 1 ("expected 0 or 0")."""
+    by_forward, by_update = StabilityMetrics(2, windows=(2,), lca_beta=2), StabilityMetrics(2, windows=(2,), lca_beta=2)
+    for e, (row, task) in enumerate(zip(SPEC, SPEC_TASKS, strict=True)):
+        out = by_forward(torch.tensor(row, dtype=torch.float64), task)
+        by_update.update(torch.tensor(row, dtype=torch.float64), task)
+        assert same(out, by_update.compute()) and same(out, stability_metrics(SPEC[: e + 1], SPEC_TASKS[: e + 1],
+                                                                                windows=(2,), lca_beta=2))
+    assert float(by_forward.compute()["min_acc"]) == pytest.approx(0.4)
+    assert set(by_forward.metric_state) == set(by_forward._defaults)  # one state: the torchmetrics states
+
+
+def test_infinite_values_do_not_poison_the_windows() -> None:
+    """An overflowing perplexity (inf) then finite values: WF used to stay NaN (inf - inf) for the whole run."""
+    m = stability_metrics([[math.inf], [1.0], [0.5]], [0, 0, 0], windows=(2,), lca_beta=1, higher_is_better=False)
+    assert m["wf_2"] == 0.0 and m["wp_2"] == math.inf and m["acc"] == 0.5
+    # task 0 overflows while learned and stays at inf: equal infinities are no change, not NaN
+    both = stability_metrics([[math.inf, NAN], [math.inf, 2.0], [math.inf, 1.0]], [0, 1, 1], windows=(2,), lca_beta=1,
+                             higher_is_better=False)  # fmt: skip
+    assert both["forg"] == 0.0 and both["wf_2"] == 0.0 and both["wp_2"] == 0.5
+    assert not any(math.isnan(v) for v in both.values())
 
 
 def test_numpy_torch_and_list_inputs_agree() -> None:
@@ -214,20 +237,20 @@ def test_accuracy_is_micro_not_torchmetrics_macro() -> None:
     assert float(macro) == pytest.approx(1 / 3, abs=1e-6)
     ours = micro_accuracy((preds == target).sum(), target.numel())
     assert ours.dtype == torch.float64 and float(ours) == 0.75
-    with pytest.raises(ValueError, match=r"total=\[0.0\] is invalid: expected a positive number"):
+    with pytest.raises(ValueError, match=r"total=\[0.0\] is invalid; expected counts > 0"):
         micro_accuracy(torch.tensor([0]), torch.tensor([0]))
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        (dict(windows=(1,)), r"windows=\(1,\) is invalid: it contains 1; each window must be an int >= 2 \(counted in"),
-        (dict(windows=(2.5,)), r"windows=\(2.5,\) is invalid: it contains 2.5; each window must be an int >= 2"),
-        (dict(windows=10), r"windows=10 is invalid: expected a sequence of ints >= 2"),
-        (dict(windows=(3, 3)), r"windows=\(3, 3\) contains duplicates: expected distinct ints >= 2"),
-        (dict(lca_beta=0), r"lca_beta=0 is invalid: expected an int >= 1"),
-        (dict(window_average="all"), r"window_average='all' is invalid: expected one of \['seen', 'previous'\]"),
-        (dict(higher_is_better="yes"), r"higher_is_better='yes' is invalid: expected True or False"),
+        (dict(windows=(1,)), r"windows=\(1,\) is invalid; expected ints >= 2, counted in evaluations \(not 1\)"),
+        (dict(windows=(2.5,)), r"windows=\(2.5,\) is invalid; expected ints >= 2, counted in evaluations \(not 2.5\)"),
+        (dict(windows=10), r"windows=10 is invalid; expected a sequence of ints >= 2"),
+        (dict(windows=(3, 3)), r"windows=\(3, 3\) is invalid; expected distinct ints >= 2"),
+        (dict(lca_beta=0), r"lca_beta=0 is invalid; expected an int >= 1"),
+        (dict(window_average="all"), r"window_average='all' is invalid; expected one of 'seen', 'previous'"),
+        (dict(higher_is_better="yes"), r"higher_is_better='yes' is invalid; expected True or False"),
     ],
 )
 def test_invalid_settings(kwargs: dict, message: str) -> None:
@@ -240,16 +263,17 @@ def test_invalid_settings(kwargs: dict, message: str) -> None:
 @pytest.mark.parametrize(
     ("values", "tasks", "message"),
     [
-        (SPEC, [0, 0, 1, 0, 1], r"current_task=0 at evaluation 3 is invalid: it decreases from 1"),
-        (SPEC, [0, 0, 1, 1, 2], r"current_task=2 is invalid: expected an int in \[0, 2\) \(num_tasks=2\)"),
-        (SPEC, [0, 0, -1, 1, 1], r"current_task=-1 is invalid: expected an int in \[0, 2\)"),
-        ([[0.1, 0.2, 0.3]] * 2, [0, 2], r"current_task=2 at evaluation 1 is invalid: it skips task 1"),
-        ([[0.1, NAN]], [1], r"current_task=1 at evaluation 0 is invalid: it skips task 0"),
+        (SPEC, [0, 0, 1, 0, 1], r"current_task=0 at evaluation 3 is invalid; expected 1 or 2 \(it decreases from 1\)"),
+        (SPEC, [0, 0, 1, 1, 2], r"current_task=2 is invalid; expected an int in \[0, 1\]"),
+        (SPEC, [0, 0, -1, 1, 1], r"current_task=-1 is invalid; expected an int in \[0, 1\]"),
+        ([[0.1, 0.2, 0.3]] * 2, [0, 2], r"current_task=2 at evaluation 1 is invalid; expected 0 or 1: it skips task 1"),
+        # a history starting at task 1: the message used to read "expected 0 or 0"
+        ([[0.1, NAN]], [1], r"current_task=1 at evaluation 0 is invalid; expected 0 \(the first"),
         ([[0.1, NAN], [0.2, NAN]], [0, 1], r"values\[1\] is NaN at evaluation 1 with current_task=1"),
-        ([0.1, 0.2], [0, 0], r"accuracy has shape \(2,\): expected a 2-D \(evaluations, tasks\) array"),
-        (np.zeros((0, 2)), [], r"accuracy has shape \(0, 2\): expected a 2-D"),
+        ([0.1, 0.2], [0, 0], r"accuracy has shape \(2,\); expected a 2-D \(evaluations, tasks\) array"),
+        (np.zeros((0, 2)), [], r"accuracy has shape \(0, 2\); expected a 2-D"),
         (SPEC, [0, 0, 1, 1], r"current_task has 4 entries but accuracy has 5 evaluations \(rows\)"),
-        (SPEC, [0.0, 0, 1, 1, 1], r"current_task has shape \(5,\) and dtype float64: expected a 1-D sequence of ints"),
+        (SPEC, [0.0, 0, 1, 1, 1], r"current_task has shape \(5,\) and dtype float64; expected a 1-D sequence of ints"),
     ],
 )
 def test_invalid_histories(values, tasks, message: str) -> None:
@@ -259,9 +283,9 @@ def test_invalid_histories(values, tasks, message: str) -> None:
 
 def test_invalid_rows_online() -> None:
     metric = StabilityMetrics(2)
-    with pytest.raises(ValueError, match=r"values has shape \(3,\): expected \(num_tasks,\) = \(2,\)"):
+    with pytest.raises(ValueError, match=r"values has shape \(3,\); expected \(num_tasks,\) = \(2,\)"):
         metric.update(torch.tensor([0.1, 0.2, 0.3]), 0)
-    with pytest.raises(ValueError, match=r"current_task=0.5 is invalid: expected an int in \[0, 2\)"):
+    with pytest.raises(ValueError, match=r"StabilityMetrics: current_task=0.5 is invalid; expected an int in \[0, 1\]"):
         metric.update(torch.tensor([0.1, 0.2]), 0.5)
-    with pytest.raises(ValueError, match=r"num_tasks=0 is invalid: expected an int >= 1"):
+    with pytest.raises(ValueError, match=r"StabilityMetrics: num_tasks=0 is invalid; expected an int >= 1"):
         StabilityMetrics(0)

@@ -114,12 +114,18 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize("fragment", sorted((REPO / "callbacks").glob("*.yaml")), ids=lambda p: p.name)
 def test_callback_fragments_load_through_the_cli(fragment: Path) -> None:
-    from lightning_gradlab.core.registry import manifest_of
+    """Callback fragments go to ``--trainer.callbacks+=``; a strategy fragment to ``--trainer.strategy=``."""
+    from lightning_gradlab.core.conflicts import manifest_of
 
-    cli = GradlabCLI(args=[*BASE_ARGS, f"--trainer.callbacks+={fragment}"], run=False)
-    assert [manifest_of(c).name for c in cli.trainer.callbacks if manifest_of(c)] == [
-        fragment.read_text().split("class_path:")[1].split()[0]
-    ]
+    class_path = fragment.read_text().split("class_path:")[1].split()[0]
+    is_strategy = fragment.stem.endswith("_strategy")
+    flag = "--trainer.strategy" if is_strategy else "--trainer.callbacks+"
+    cli = GradlabCLI(args=[*BASE_ARGS, f"{flag}={fragment}"], run=False)
+    if is_strategy:
+        assert f"{type(cli.trainer.strategy).__module__}.{type(cli.trainer.strategy).__name__}" == class_path
+    else:
+        names = [manifest_of(c).name for c in cli.trainer.callbacks if manifest_of(c)]
+        assert names == [class_path.rpartition(".")[2]]
 
 
 @pytest.mark.parametrize("example", sorted((REPO / "examples").rglob("*.yaml")), ids=lambda p: p.parent.name)

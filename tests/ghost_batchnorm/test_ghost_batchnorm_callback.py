@@ -16,6 +16,8 @@ from lightning_gradlab.core.conflicts import PluginConflictError
 from lightning_gradlab.demo import DigitsClassifier, DigitsDataModule
 from lightning_gradlab.nn import GhostBatchNorm1d, GhostBatchNorm2d
 
+EXAMPLE = Path(__file__).parents[2] / "examples" / "ghost_batchnorm" / "digits_large_batch.yaml"
+
 
 def test_apply_converts_in_place_and_is_idempotent() -> None:
     model = DigitsClassifier(architecture="cnn", width=4)
@@ -93,7 +95,7 @@ def test_layers_replaced_after_setup_are_detected_at_fit_start() -> None:
 
 def test_model_without_batchnorm_is_refused() -> None:
     trainer = quiet_trainer(callbacks=[GhostBatchNorm(16)], max_steps=1)
-    with pytest.raises(ValueError, match="select no BatchNorm"):
+    with pytest.raises(ValueError, match="select no BatchNorm layer of DigitsClassifier"):
         trainer.fit(DigitsClassifier(width=8, batchnorm=False), datamodule=DigitsDataModule())
 
 
@@ -127,3 +129,98 @@ def test_ddp_ghost_layers_per_device() -> None:
         limit_val_batches=0,
     )  # fmt: skip
     trainer.fit(DigitsClassifier(width=16), datamodule=DigitsDataModule(batch_size=64))
+
+
+def test_include_and_exclude_accept_one_pattern_string() -> None:
+    model = DigitsClassifier(architecture="mlp", width=4)
+    assert apply_ghost_batchnorm(model, 8, exclude="net.5") == ["net.2"]  # not the characters of "net.5"
+    assert type(model.net[5]) is nn.BatchNorm1d
+    assert apply_ghost_batchnorm(DigitsClassifier(architecture="mlp", width=4), 8, include="net.5") == ["net.5"]
+    callback = GhostBatchNorm(16, include="net.*", exclude="net.5")
+    assert callback.include == ["net.*"] and callback.exclude == ["net.5"]
+    with pytest.raises(ValueError, match=r"GhostBatchNorm: exclude=\[3\] is invalid; expected None, a glob pattern"):
+        GhostBatchNorm(16, exclude=[3])
+
+
+class MyBN(nn.BatchNorm2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + 1
+
+
+@pytest.mark.parametrize(
+    ("layer", "message"),
+    [
+        (MyBN(2), "'1' is MyBN, a subclass of BatchNorm2d"),
+        (nn.SyncBatchNorm(2), "'1' is SyncBatchNorm"),
+        (nn.LazyBatchNorm2d(), "'1' is an uninitialised LazyBatchNorm2d"),
+    ],
+)
+def test_batchnorm_subclasses_are_refused_by_name(layer: nn.Module, message: str) -> None:
+    model = nn.Sequential(nn.BatchNorm2d(2), layer)
+    with pytest.raises(ValueError, match=message) as error:
+        apply_ghost_batchnorm(model, 8)
+    assert "expected exclude=['1']" in str(error.value)
+    assert type(model[0]) is nn.BatchNorm2d  # nothing converted on error
+    assert apply_ghost_batchnorm(model, 8, exclude="1") == ["0"]
+
+
+def test_initialised_lazy_batchnorm_is_converted() -> None:
+    model = nn.Sequential(nn.LazyBatchNorm2d())
+    model(torch.randn(4, 3, 2, 2))  # a forward pass makes it a BatchNorm2d
+    assert apply_ghost_batchnorm(model, 8) == ["0"] and type(model[0]) is GhostBatchNorm2d
+
+
+class BuiltInConfigureModel(DigitsClassifier):
+    """Builds its network in configure_model(), which Lightning calls after callbacks' setup()."""
+
+    def __init__(self) -> None:
+        super().__init__(width=16)
+        self.net = None
+
+    def configure_model(self) -> None:
+        if self.net is None:
+            from lightning_gradlab.demo import build_network
+
+            self.net = build_network("mlp", 16)
+
+
+def test_layers_built_in_configure_model_are_converted() -> None:
+    pl.seed_everything(0)
+    probe, ghost = ExpectGhostLayers(GhostBatchNorm1d), GhostBatchNorm(virtual_batch_size=16)
+    trainer = quiet_trainer(callbacks=[ghost, probe], max_steps=2, limit_val_batches=1)
+    model = BuiltInConfigureModel()
+    trainer.fit(model, datamodule=DigitsDataModule(batch_size=64))
+    assert set(probe.seen) == {"GhostBatchNorm1d"} and ghost.converted == ["net.2", "net.5"]
+    trainer.validate(model, datamodule=DigitsDataModule(), verbose=False)  # configure_model runs again
+
+
+def test_batches_under_two_ghost_batches_warn_once() -> None:
+    trainer = quiet_trainer(callbacks=[GhostBatchNorm(virtual_batch_size=16)], max_steps=3, limit_val_batches=0)
+    with pytest.warns(UserWarning, match="batches of 24 samples per device.*2 \\* virtual_batch_size = 32") as record:
+        trainer.fit(DigitsClassifier(width=8), datamodule=DigitsDataModule(batch_size=24))
+    assert sum("virtual_batch_size" in str(w.message) for w in record) == 1
+
+
+def test_gradlab_fit_logs_layers_lr_that_ran_and_a_summary(
+    capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    from lightning_gradlab.core.cli import main
+
+    main([
+        "fit", "--config", str(EXAMPLE), "--trainer.max_epochs=3", "--trainer.check_val_every_n_epoch=1",
+        "--trainer.enable_progress_bar=false", "--optimizer=SGD", "--optimizer.lr=0.05",
+    ])  # fmt: skip
+    out, err = capfd.readouterr()
+    log = out + err + caplog.text  # Lightning's handler prints; under pytest the records also reach caplog
+    assert "GhostBatchNorm: 2 BatchNorm layer(s) normalise ghost batches of virtual_batch_size=16" in log
+    assert "net.2, net.5" in log
+    assert "DigitsClassifier: fit ended at step 3; last validation at step 3: val_acc=" in log
+    hparams = (Path("lightning_logs") / "version_0" / "hparams.yaml").read_text()
+    assert "lr: 0.05" in hparams  # the optimizer's, which ran; not the model's 0.113
+
+
+def test_data_module_refuses_a_batch_size_that_leaves_no_batch() -> None:
+    data = DigitsDataModule(batch_size=2048, drop_last=True)  # like 1024 per device on 2 devices (539 each)
+    data.setup("fit")
+    with pytest.raises(ValueError, match="batch_size=2048 is invalid; expected at most 1078 with drop_last=True"):
+        data.train_dataloader()

@@ -216,11 +216,11 @@ def test_bf16_autocast_keeps_fp32_statistics(policy: str) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"virtual_batch_size": 1}, "virtual_batch_size=1 is invalid: expected an int >= 2"),
-        ({"virtual_batch_size": 16.0}, "virtual_batch_size=16.0 is invalid: expected an int >= 2"),
-        ({"virtual_batch_size": True}, "virtual_batch_size=True is invalid: expected an int >= 2"),
-        ({"stats_policy": "ema"}, "stats_policy='ema' is invalid: expected one of sequential, scaled, mean"),
-        ({"layout": "rows"}, "layout='rows' is invalid: expected one of strided, contiguous"),
+        ({"virtual_batch_size": 1}, "GhostBatchNorm2d: virtual_batch_size=1 is invalid; expected an int >= 2"),
+        ({"virtual_batch_size": 16.0}, "GhostBatchNorm2d: virtual_batch_size=16.0 is invalid; expected an int >= 2"),
+        ({"virtual_batch_size": True}, "GhostBatchNorm2d: virtual_batch_size=True is invalid; expected an int >= 2"),
+        ({"stats_policy": "ema"}, "stats_policy='ema' is invalid; expected one of 'sequential', 'scaled', 'mean'"),
+        ({"layout": "rows"}, "layout='rows' is invalid; expected one of 'strided', 'contiguous'"),
     ],
 )
 def test_invalid_settings_are_refused(kwargs: dict, message: str) -> None:
@@ -256,3 +256,164 @@ def test_class_swap_behaves_like_a_fresh_ghost_layer(layout: str) -> None:
     assert torch.equal(swapped(x), fresh(x))
     for key, value in fresh.state_dict().items():
         assert torch.equal(swapped.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("layout", ["strided", "contiguous"])
+def test_channels_last_input_keeps_its_memory_format(layout: str) -> None:
+    torch.manual_seed(6)
+    ghost = GhostBatchNorm2d(4, virtual_batch_size=8, layout=layout)
+    x = torch.randn(40, 4, 3, 5)
+    y_last = ghost(x.to(memory_format=torch.channels_last))
+    assert nn.BatchNorm2d(4)(x.to(memory_format=torch.channels_last)).is_contiguous(memory_format=torch.channels_last)
+    assert y_last.is_contiguous(memory_format=torch.channels_last) and not y_last.is_contiguous()
+    torch.testing.assert_close(y_last, ghost(x))
+    assert ghost(x).is_contiguous()
+
+
+def test_torch_compile_fullgraph_across_batch_sizes() -> None:
+    torch.manual_seed(7)
+    eager = GhostBatchNorm2d(3, virtual_batch_size=8)
+    compiled_layer = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_layer, fullgraph=True, backend="eager")
+    for n in (32, 40, 52, 64):  # the second size makes dynamo trace with a symbolic batch size
+        x = torch.randn(n, 3, 2, 2) + torch.arange(float(n)).view(-1, 1, 1, 1)
+        torch.testing.assert_close(compiled(x), eager(x))
+    torch.testing.assert_close(compiled_layer.running_mean, eager.running_mean)
+    torch.testing.assert_close(compiled_layer.running_var, eager.running_var)
+    assert int(compiled_layer.num_batches_tracked) == int(eager.num_batches_tracked)
+
+
+# --- contiguous layout through one group-norm call (issue 6) -------------------------------------------
+
+
+def reference_ghost_batchnorm(x, weight, bias, running_mean, running_var, ghosts, momentum):
+    """Plain ``F.batch_norm`` run on each consecutive ghost batch in turn (float64): output in sample order,
+    running statistics updated once per ghost batch (the ``sequential`` policy)."""
+    out = [F.batch_norm(x[idx], running_mean, running_var, weight, bias, True, momentum) for idx in ghosts]
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("n", [96, 100])
+@pytest.mark.parametrize(
+    ("kind", "shape", "memory_format", "options"),
+    [
+        (1, (4, 3), None, {}),
+        (2, (3, 2, 3), None, {}),
+        (3, (2, 2, 2, 2), None, {}),
+        (2, (3, 2, 3), None, {"momentum": None}),
+        (2, (3, 2, 3), None, {"affine": False}),
+        (2, (3, 2, 3), None, {"track_running_stats": False}),
+        (2, (3, 2, 3), torch.channels_last, {}),
+        (3, (2, 2, 2, 2), torch.channels_last_3d, {}),
+        (1, (5,), None, {}),  # (N, C): S = 1, the transpose path
+    ],
+)
+def test_contiguous_layout_equals_batchnorm_per_consecutive_slice(kind, shape, memory_format, options, n) -> None:
+    torch.manual_seed(n + kind)
+    layer = GHOST[kind](shape[0], virtual_batch_size=G, layout="contiguous", dtype=torch.float64, **options)
+    plain = PLAIN[kind](shape[0], dtype=torch.float64, **options)
+    if layer.affine:
+        with torch.no_grad():
+            layer.weight.uniform_(0.5, 1.5), layer.bias.uniform_(-1, 1)
+        plain.load_state_dict(layer.state_dict())
+    offsets = torch.arange(n, dtype=torch.float64).view(-1, *[1] * len(shape))
+    x = torch.randn(n, *shape, dtype=torch.float64) * 3 + offsets
+    upstream = torch.randn(n, *shape, dtype=torch.float64)
+    if memory_format is not None:
+        x, upstream = x.contiguous(memory_format=memory_format), upstream.contiguous(memory_format=memory_format)
+    x_ghost, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ghosts = reference_ghosts(n, G, "contiguous")
+    for _ in range(2):  # two steps: running statistics start from a non-initial state
+        y = layer(x_ghost)
+        if plain.track_running_stats and plain.momentum is not None:
+            running = (plain.running_mean, plain.running_var)
+        else:
+            running = (None, None)
+        expected = reference_ghost_batchnorm(x_ref, plain.weight, plain.bias, *running, ghosts, plain.momentum or 0.1)
+    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
+    if memory_format is not None:
+        assert y.is_contiguous(memory_format=memory_format)
+    (y * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+    torch.testing.assert_close(x_ghost.grad, x_ref.grad, rtol=1e-9, atol=1e-9)
+    if layer.affine:
+        torch.testing.assert_close(layer.weight.grad, plain.weight.grad, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(layer.bias.grad, plain.bias.grad, rtol=1e-9, atol=1e-9)
+    if layer.track_running_stats and layer.momentum is not None:
+        torch.testing.assert_close(layer.running_mean, plain.running_mean, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(layer.running_var, plain.running_var, rtol=1e-12, atol=1e-12)
+    if layer.track_running_stats and layer.momentum is None:  # cumulative average over the 2·k ghost batches
+        means, variances = ghost_stats(x, ghosts)
+        torch.testing.assert_close(layer.running_mean, sum(means) / len(means), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(layer.running_var, sum(variances) / len(variances), rtol=1e-12, atol=1e-12)
+
+
+def test_contiguous_group_norm_path_is_taken_where_it_applies() -> None:
+    from lightning_gradlab.ghost_batchnorm.functional import _group_norm_applies
+
+    assert _group_norm_applies(torch.zeros(8, 3, 2)) and _group_norm_applies(torch.zeros(8, 3, 2, 2, 2))
+    assert not _group_norm_applies(torch.zeros(8, 3)) and not _group_norm_applies(torch.zeros(8, 3, 1, 1))
+    assert not _group_norm_applies(torch.zeros(8, 3, 2, 2).contiguous(memory_format=torch.channels_last))
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e3])
+def test_contiguous_float32_statistics_survive_a_large_mean(offset: float) -> None:
+    """The group-norm kernel's E[x²] − E[x]² would lose ~all digits at |mean| / std = 1000 in float32."""
+    torch.manual_seed(8)
+    x = torch.randn(64, 4, 4, 4) + offset
+    layer = GhostBatchNorm2d(4, virtual_batch_size=16, layout="contiguous", momentum=1.0, stats_policy="mean")
+    y = layer(x)
+    ghosts = reference_ghosts(64, 16, "contiguous")
+    xd = x.double()
+    expected = torch.cat([F.batch_norm(xd[idx], None, None, training=True) for idx in ghosts])
+    torch.testing.assert_close(y.double(), expected, rtol=1e-4, atol=1e-4)
+    _, variances = ghost_stats(xd, ghosts)
+    torch.testing.assert_close(layer.running_var.double(), sum(variances) / len(variances), rtol=1e-4, atol=1e-6)
+
+
+def test_contiguous_double_backward() -> None:
+    from lightning_gradlab.ghost_batchnorm.functional import ghost_batch_norm
+
+    torch.manual_seed(9)
+    x = torch.randn(12, 2, 2, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(2, dtype=torch.float64).add(0.5).requires_grad_()
+    b = torch.randn(2, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, w, b):
+        return F.silu(ghost_batch_norm(x, None, None, None, w, b, 4, layout="contiguous"))
+
+    torch.autograd.gradgradcheck(fn, (x, w, b))
+
+
+def test_contiguous_bf16_autocast_keeps_fp32_statistics() -> None:
+    torch.manual_seed(10)
+    conv = nn.Conv2d(3, 8, 3, padding=1)
+    ghost = GhostBatchNorm2d(8, virtual_batch_size=16, layout="contiguous")
+    reference = copy.deepcopy(ghost)
+    x = torch.randn(64, 3, 4, 4) * 3
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = conv(x)
+        y = ghost(h)
+    assert h.dtype == y.dtype == torch.bfloat16
+    assert ghost.running_mean.dtype == ghost.running_var.dtype == torch.float32
+    y_fp32 = reference(conv(x))
+    torch.testing.assert_close(y.float(), y_fp32, rtol=0.05, atol=0.05)
+    torch.testing.assert_close(ghost.running_mean, reference.running_mean, rtol=0.02, atol=0.02)
+    torch.testing.assert_close(ghost.running_var, reference.running_var, rtol=0.02, atol=0.02)
+
+
+def test_contiguous_torch_compile_fullgraph_across_batch_sizes() -> None:
+    torch.manual_seed(11)
+    eager = GhostBatchNorm2d(3, virtual_batch_size=8, layout="contiguous")
+    compiled_layer = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_layer, fullgraph=True, backend="eager")
+    for n in (32, 40, 52, 64):
+        x = torch.randn(n, 3, 2, 2) + torch.arange(float(n)).view(-1, 1, 1, 1)
+        x_c, x_e = x.clone().requires_grad_(), x.clone().requires_grad_()
+        y_c, y_e = compiled(x_c), eager(x_e)
+        torch.testing.assert_close(y_c, y_e)
+        y_c.square().sum().backward(), y_e.square().sum().backward()
+        torch.testing.assert_close(x_c.grad, x_e.grad)
+    torch.testing.assert_close(compiled_layer.running_mean, eager.running_mean)
+    torch.testing.assert_close(compiled_layer.running_var, eager.running_var)
+    assert int(compiled_layer.num_batches_tracked) == int(eager.num_batches_tracked)

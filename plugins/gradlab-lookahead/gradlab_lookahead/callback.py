@@ -6,14 +6,14 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from gradlab_lookahead.functional import check_lookahead_settings, lookahead_sync_
-from lightning_gradlab.core.conflicts import raise_on_conflicts, run_components
+from gradlab_lookahead.manifest import MANIFEST
+from lightning_gradlab.core.conflicts import PluginCallback
 
 
-class Lookahead(Callback):
+class Lookahead(PluginCallback):
     """Lookahead (Zhang et al. 2019): every ``k`` optimizer steps, ``φ ← φ + α (θ − φ)`` and ``θ ← φ``.
 
     The fast weights ``θ`` are the model's parameters, trained by whatever optimizer the model
@@ -40,6 +40,8 @@ class Lookahead(Callback):
         trainer = Trainer(callbacks=[Lookahead(k=5, alpha=0.5)])
     """
 
+    gradlab_manifest = MANIFEST
+
     def __init__(self, k: int = 5, alpha: float = 0.5) -> None:
         check_lookahead_settings(k, alpha)  # now, not at setup
         self.k = k
@@ -47,10 +49,6 @@ class Lookahead(Callback):
         self.slow_weights: dict[str, torch.Tensor] | None = None
         self.last_synced_step = 0  # global step of the last sync, or of the start
         self._restored = False
-
-    @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        raise_on_conflicts(run_components(trainer, pl_module))
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
