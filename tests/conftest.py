@@ -80,8 +80,12 @@ def run_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(autouse=True)
 def no_process_group_left() -> Iterator[None]:
-    """A single-process DDP fit (``Trainer(strategy="ddp"...)``, ``devices=1``) leaves its process group
-    initialised; a later ``ddp_fork`` rank would inherit it instead of joining a new one."""
+    """A single-process DDP fit (``Trainer(strategy="ddp", devices=1)``) leaves its process group
+    initialised and its rendezvous variables (``MASTER_PORT``, ``WORLD_SIZE``, ...) in ``os.environ``;
+    a later ``ddp_fork`` rank would inherit them and wait for a peer that never comes."""
+    environ = dict(os.environ)
     yield
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+    os.environ.clear()
+    os.environ.update(environ)

@@ -16,7 +16,8 @@ import time
 import torch
 from torch.utils.data import BatchSampler, WeightedRandomSampler
 
-from lightning_gradlab.cooldown import TemperatureSampler, sample_probabilities, temperature_probs
+from lightning_gradlab.cooldown.functional import sample_probabilities, temperature_probs
+from lightning_gradlab.cooldown.sampler import TemperatureSampler
 
 
 def skewed_ids(n: int, k: int) -> torch.Tensor:
@@ -55,11 +56,13 @@ def main() -> None:
         for k in args.domains:
             ids = skewed_ids(n, k)
             weights = sample_probabilities(ids, 5.0)
-            ts = statistics.median(timed(lambda: consume(TemperatureSampler(ids, 5.0, batch_size=256)))
+            ts = statistics.median(timed(lambda ids=ids: consume(TemperatureSampler(ids, 5.0, batch_size=256)))
                                    for _ in range(args.repeats))  # fmt: skip
-            wrs = statistics.median(timed(lambda: consume(BatchSampler(WeightedRandomSampler(weights, n), 256, False)))
-                                    for _ in range(args.repeats))  # fmt: skip
-            loop = timed(lambda: python_loop(ids, 5.0, n)) if n <= 10**5 else float("nan")
+            wrs = statistics.median(
+                timed(lambda w=weights, n=n: consume(BatchSampler(WeightedRandomSampler(w, n), 256, False)))
+                for _ in range(args.repeats)
+            )
+            loop = timed(lambda ids=ids, n=n: python_loop(ids, 5.0, n)) if n <= 10**5 else float("nan")
             print(f"{n:<8d} {k:<5d} {n / ts / 1e6:8.2f}            {n / wrs / 1e6:8.2f}"
                   f"               {n / loop / 1e6:6.3f}        {wrs / ts:.2f}x")  # fmt: skip
 

@@ -13,7 +13,8 @@ A sampler's batches are a pure function of ``(seed, epoch, position)``, identica
   sampler's fingerprint) and restores before building the epoch's iterator, which then skips the
   ``consumed`` batches. Not a ``DataLoader`` subclass, so Lightning never injects a ``DistributedSampler``;
 * :func:`continue_unfinished_epoch`: makes a checkpoint written at the end of a run stopped by
-  ``max_steps`` mid-epoch resume that epoch instead of declaring it finished.
+  ``max_steps`` mid-epoch resume that epoch instead of declaring it finished (an epoch the fit loop ran to
+  its last batch, e.g. under ``limit_train_batches``, is left alone).
 
 Why: on a mid-epoch resume Lightning 2.6 restarts a plain ``DataLoader`` at the epoch's first batch
 while ``batch_idx`` continues (DESIGN.md, "Exact resume").
@@ -69,6 +70,11 @@ def shard_batches(order: torch.Tensor, rank: int, world_size: int, batch_size: i
     return [chunk.tolist() for chunk in mine.split(batch_size)] if per_rank else []
 
 
+def _check_rank(owner: str, rank: int, world_size: int) -> tuple[int, int]:
+    world_size = check_int(owner, "world_size", world_size, 1)
+    return check_int(owner, "rank", rank, 0, world_size - 1), world_size
+
+
 class ResumableBatchSampler(Sampler[list[int]]):
     """Base of the project's batch samplers: order = f(seed, epoch), rank-sharded, resumable at any batch.
 
@@ -80,7 +86,8 @@ class ResumableBatchSampler(Sampler[list[int]]):
     Args:
         batch_size: per-rank batch size.
         seed: seed of the order.
-        rank: this process's rank; world_size: number of ranks.
+        rank: this process's rank; world_size: number of ranks (both may be set later with
+            :meth:`distribute`, e.g. from the trainer in ``train_dataloader``).
         drop_last: only full batches (see :func:`shard_batches`).
 
     Raises:
@@ -93,8 +100,7 @@ class ResumableBatchSampler(Sampler[list[int]]):
         owner = type(self).__name__
         self.batch_size = check_int(owner, "batch_size", batch_size, 1)
         self.seed = check_seed(owner, "seed", seed)
-        self.world_size = check_int(owner, "world_size", world_size, 1)
-        self.rank = check_int(owner, "rank", rank, 0, world_size - 1)
+        self.rank, self.world_size = _check_rank(owner, rank, world_size)
         if not isinstance(drop_last, bool):
             raise SettingError(owner, "drop_last", drop_last, "True or False")
         self.drop_last = drop_last
@@ -103,6 +109,24 @@ class ResumableBatchSampler(Sampler[list[int]]):
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order the next iteration yields."""
         self.epoch = int(epoch)
+
+    def distribute(self, rank: int, world_size: int) -> ResumableBatchSampler:
+        """Serve rank ``rank`` of ``world_size`` from now on (data modules call it once the trainer is known).
+
+        Both values are validated before either is set, so a refused call leaves the sampler as it was.
+        Only the sharding changes: the seed, the epoch and the global order stay, and the next iteration
+        yields the new rank's batches from the epoch's start. A :class:`ResumableLoader` state saved with
+        another world size is refused on load (it is part of :meth:`fingerprint`). Subclasses that cache
+        anything derived from the rank override it and call ``super().distribute(...)``.
+
+        Returns:
+            the sampler, for chaining.
+
+        Raises:
+            SettingError: when ``world_size < 1`` or ``rank`` is not in ``[0, world_size - 1]``.
+        """
+        self.rank, self.world_size = _check_rank(type(self).__name__, rank, world_size)
+        return self
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
         """The global index order of ``epoch`` (identical on every rank); override in simple samplers."""
@@ -236,26 +260,52 @@ def continue_unfinished_epoch(checkpoint: MutableMapping[str, Any]) -> bool:
     """Let a checkpoint written at the end of an epoch cut short by ``max_steps`` resume that epoch.
 
     A run stopped by ``Trainer(max_steps=N)`` mid-epoch ends the epoch, and the default
-    ``ModelCheckpoint`` saves there: Lightning's fit-loop state then reads "epoch processed", so a resume
-    starts the next epoch (or, with ``max_epochs=1``, trains nothing), while the
-    :class:`ResumableLoader` state says only ``consumed < length`` batches were drawn. When exactly that
-    holds, the loop state is rewritten to the one a checkpoint taken at the same batch's
-    ``on_train_batch_end`` has (epoch not processed, the last batch not completed), so the resume
-    continues at batch ``consumed``. Call it from an ``on_load_checkpoint`` hook (before Lightning restores
-    its loops); it is idempotent. Returns whether it changed ``checkpoint``.
+    ``ModelCheckpoint`` saves there (``on_train_epoch_end``): Lightning's fit-loop state then reads "epoch
+    processed", so a resume starts the next epoch (or, with ``max_epochs=1``, trains nothing). This
+    function rewrites such a checkpoint's loop state to the one a checkpoint taken at the same batch's
+    ``on_train_batch_end`` has (epoch not processed, the last batch not completed, one batch less
+    stepped), so the resume continues at the next batch, where the :class:`ResumableLoader` resumes too.
 
-    Relies on the layout of Lightning 2.6's ``checkpoint["loops"]["fit_loop"]`` (tested).
+    **The rule** (all from what Lightning 2.6 records in ``checkpoint["loops"]["fit_loop"]``, measured):
+    the epoch was cut short, and is rewritten, only when
+
+    1. the epoch ended but was not completed: ``epoch_progress.total`` has
+       ``ready == started == processed == completed + 1`` (a checkpoint taken in ``on_train_epoch_end``,
+       or at the end of ``fit``);
+    2. the epoch loop stopped *before* the epoch's last batch: ``epoch_loop.batch_progress.is_last_batch``
+       is ``False``. Lightning sets it from its data fetcher, which counts the epoch's batches *after*
+       ``limit_train_batches`` (and the shortest loader of ``min_size`` combinations), so every epoch the
+       fit loop ran to its end (a full epoch, one shortened by ``limit_train_batches``, one ended by the
+       data running out) has ``True`` and is left alone; only an early stop of the epoch loop leaves it
+       ``False``: ``max_steps`` reached, or ``trainer.should_stop`` (early stopping) mid-epoch, which then
+       also continues the epoch on resume, like a checkpoint taken in that batch's ``on_train_batch_end``;
+    3. the last batch finished (``batch_progress.current``: ``ready == started == processed ==
+       completed``) and a :class:`ResumableLoader` state in the fit loop's ``combined_loader`` state has
+       ``0 < consumed < length`` with ``consumed`` equal to the epoch's completed batches, for every such
+       loader (so the loaders resume at exactly the batch the loop resumes at).
+
+    The loader state alone cannot tell the two apart: under ``limit_train_batches=k`` an epoch-boundary
+    checkpoint also has ``consumed == k < length``.
+
+    Call it from an ``on_load_checkpoint`` hook (before Lightning restores its loops); it is idempotent
+    (a rewritten checkpoint no longer satisfies 1). Returns whether it changed ``checkpoint``. A
+    checkpoint without these entries (another Lightning layout) is left alone.
     """
     fit = checkpoint.get("loops", {}).get("fit_loop")
     if not fit:
         return False
+    try:
+        epochs, batches = fit["epoch_progress"], fit["epoch_loop.batch_progress"]
+        e, b = epochs["total"], batches["current"]
+        ended = e["ready"] == e["started"] == e["processed"] == e["completed"] + 1
+        batch_finished = b["ready"] == b["started"] == b["processed"] == b["completed"]
+        cut_short = batches["is_last_batch"] is False  # the epoch loop stopped before its last batch
+    except (KeyError, TypeError):
+        return False
     loaders = [s for s in fit.get("state_dict", {}).get("combined_loader", []) if _is_loader_state(s)]
-    epochs, batches = fit["epoch_progress"], fit["epoch_loop.batch_progress"]
     unfinished = [s for s in loaders if 0 < s["consumed"] < s["length"]]
-    e = epochs["total"]
-    ended = e["ready"] == e["started"] == e["processed"] == e["completed"] + 1
-    done = batches["current"]["completed"]
-    if not unfinished or not ended or any(s["consumed"] != done for s in unfinished):
+    done = b["completed"]
+    if not (ended and cut_short and batch_finished and unfinished) or any(s["consumed"] != done for s in unfinished):
         return False
     for part in ("total", "current"):
         epochs[part]["processed"] -= 1
@@ -263,5 +313,4 @@ def continue_unfinished_epoch(checkpoint: MutableMapping[str, Any]) -> bool:
     stepped = fit.get("epoch_loop.state_dict", {})
     if "_batches_that_stepped" in stepped:
         stepped["_batches_that_stepped"] -= 1
-    batches["is_last_batch"] = False
     return True

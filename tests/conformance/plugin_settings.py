@@ -18,6 +18,10 @@ STRATIFIED_DIGITS = ("gradlab_testkit.sampler.StratifiedDigits", {})
 DIGITS_DATA = ("lightning_gradlab.demo.DigitsDataModule", {"batch_size": 64})
 CONTINUAL_MODEL = ("lightning_gradlab.continual.model.ContinualClassifier", {"hidden_sizes": [16]})
 SPLIT_DIGITS = ("lightning_gradlab.continual.split_digits.SplitDigits", {"batch_size": 10})
+LORA_DIGITS = ("lightning_gradlab.lora.demo.LoRADigitsClassifier", {"r": 4, "lora_alpha": 8, "width": 16})
+MULTITASK_MODEL = ("lightning_gradlab.multitask.demo.MultiTaskDigits", {"width": 16})
+COOLDOWN_MODEL = ("lightning_gradlab.cooldown.model.DomainClassifier", {"hidden": 16})
+SKEWED_DIGITS = ("lightning_gradlab.cooldown.digits.SkewedDigits", {"sizes": [400, 80, 16, 4]})
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,13 @@ class PluginSettings:
             checkpoint in a one-epoch run, for plugins whose run is one epoch and whose data resumes
             exactly mid-epoch).
         plugin_arg: for samplers, the data module's init argument that takes the sampler.
+        multi_process_only: the plugin refuses runs of fewer than two processes (a strategy that
+            compresses what DDP communicates): the YAML fits, the short fits and the resume run it
+            with two processes (``start_method="fork"``) and check it inside the ranks.
+        ddp_gradients: what the DDP run checks of the gradients the optimizer sees: ``"mean"`` (each
+            equals the mean over ranks of the local gradients, as plain DDP) or ``"agree"`` (equal on
+            every rank, for a strategy that deliberately communicates something else, e.g. compressed
+            gradients); give the reason next to any ``"agree"``.
     """
 
     init_args: dict[str, Any]
@@ -45,6 +56,14 @@ class PluginSettings:
     trainer_args: dict[str, Any] = field(default_factory=dict)
     resume_at: str = "epoch"
     plugin_arg: str | None = None
+    multi_process_only: bool = False
+    ddp_gradients: str = "mean"
+
+    def __post_init__(self) -> None:
+        if self.ddp_gradients not in ("mean", "agree"):
+            raise ValueError(f"ddp_gradients must be 'mean' or 'agree', got {self.ddp_gradients!r}")
+        if self.resume_at not in ("epoch", "step"):
+            raise ValueError(f"resume_at must be 'epoch' or 'step', got {self.resume_at!r}")
 
 
 SETTINGS: dict[str, PluginSettings] = {
@@ -95,6 +114,124 @@ SETTINGS: dict[str, PluginSettings] = {
             ({"alpha": 0.0}, "alpha"),
             ({"alpha": 1.5}, "alpha"),
         ],
+    ),
+    "AdaB2N": PluginSettings(
+        init_args={"kappa": 0.4, "lambd": 0.1, "t0": 1},
+        bad_settings=[
+            ({"kappa": -0.1}, "kappa"),
+            ({"kappa": 1.5}, "kappa"),
+            ({"num_tasks": 0}, "num_tasks"),
+            ({"lambd": -1.0}, "lambd"),
+            ({"t0": -1}, "t0"),
+        ],
+        model=("lightning_gradlab.continual.model.ContinualClassifier", {"hidden_sizes": [16], "batchnorm": True}),
+        data=SPLIT_DIGITS,
+        resume_at="step",  # one epoch serves the task sequence
+    ),
+    "LoRA": PluginSettings(
+        init_args={"target_modules": ["net.1", "net.4"], "r": 4, "lora_alpha": 8, "trainable_modules": ["net.7"]},
+        bad_settings=[
+            ({"r": 0}, "r"),
+            ({"r": 2.5}, "r"),
+            ({"lora_alpha": -1.0}, "lora_alpha"),
+            ({"lora_dropout": 1.0}, "lora_dropout"),
+            ({"init_lora_weights": "xavier"}, "init_lora_weights"),
+            ({"use_dora": True}, "use_dora"),
+            ({"target_modules": 3}, "target_modules"),
+        ],
+    ),
+    "LoRAProAdamW": PluginSettings(
+        init_args={"lr": 0.01, "mode": "full", "weight_decay": 0.01},
+        bad_settings=[
+            ({"lr": -0.1}, "lr"),
+            ({"mode": "fulll"}, "mode"),
+            ({"eps": -1e-8}, "eps"),
+            ({"weight_decay": -0.1}, "weight_decay"),
+            ({"rcond": 2.0}, "rcond"),
+        ],
+        model=LORA_DIGITS,
+    ),
+    "LoRAPro": PluginSettings(
+        init_args={"rcond": 1e-10},
+        bad_settings=[({"rcond": -1.0}, "rcond"), ({"rcond": "tiny"}, "rcond")],
+        model=LORA_DIGITS,
+    ),
+    "LoRAGGPO": PluginSettings(
+        init_args={"mode": "mgpo", "rho": 0.05, "ema_decay": 0.9},
+        bad_settings=[
+            ({"mode": "sam"}, "mode"),
+            ({"rho": -0.1}, "rho"),
+            ({"ema_decay": 1.0}, "ema_decay"),
+            ({"sigma": -1.0}, "sigma"),
+            ({"seed": -1}, "seed"),
+        ],
+        model=LORA_DIGITS,
+    ),
+    "MultiTaskMixin": PluginSettings(
+        # accumulate_grad_batches (the mixin steps manually) stays 1: the suite checks one optimizer step per batch
+        init_args={
+            "tasks": ["digit", "ink", "parity"],
+            "calibration": "pcgrad",
+            "rep_grad": "flatten",
+            "gradient_clip_val": 1.0,
+        },
+        bad_settings=[
+            ({"calibration": "cagrad"}, "calibration"),
+            ({"rep_grad": "mean"}, "rep_grad"),
+            ({"tasks": ["colour"]}, "tasks"),
+            ({"accumulate_grad_batches": 0}, "accumulate_grad_batches"),
+            ({"gradient_clip_val": -1.0}, "gradient_clip_val"),
+        ],
+        model=MULTITASK_MODEL,
+    ),
+    "ModalityCalibration": PluginSettings(
+        init_args={"modules": ["left", "right"]},
+        bad_settings=[({"modules": ["left"]}, "modules"), ({"modules": "left"}, "modules")],
+        model=("lightning_gradlab.multitask.demo.MultiTaskDigits", {"width": 16, "calibration": "imtl_g"}),
+    ),
+    "TemperatureSampler": PluginSettings(
+        init_args={"schedule": 2.0, "num_samples": 512, "batch_size": 32, "seed": 3},
+        bad_settings=[
+            ({"schedule": 0.0}, "schedule"),
+            ({"schedule": -1.0}, "schedule"),
+            ({"num_samples": 0}, "num_samples"),
+            ({"batch_size": 0}, "batch_size"),
+            ({"domain_ids": [0, 2, 2]}, "domain_ids"),
+            ({"drop_last": "yes"}, "drop_last"),
+        ],
+        model=COOLDOWN_MODEL,
+        data=SKEWED_DIGITS,
+        resume_at="step",  # a sampler must resume mid-epoch
+        plugin_arg="sampler",
+    ),
+    "Cooldown": PluginSettings(
+        init_args={"high": 4.0, "low": 1.0},
+        bad_settings=[
+            ({"high": 0.0}, "high"),
+            ({"low": -1.0}, "low"),
+            ({"high": 2.0, "low": 3.0}, "low"),
+            ({"switch_epoch": 0}, "switch_epoch"),
+            ({"switch_epoch": 1.5}, "switch_epoch"),
+        ],
+        model=COOLDOWN_MODEL,
+        data=SKEWED_DIGITS,
+    ),
+    "EF21Strategy": PluginSettings(
+        # the defaults: YAML by registry name (`trainer.strategy: ddp_ef21`) builds it without init_args
+        init_args={"compression_ratio": 0.1, "k": None, "weights": None, "warmup_steps": 1},
+        bad_settings=[
+            ({"compression_ratio": 0.0}, "compression_ratio"),
+            ({"compression_ratio": 1.5}, "compression_ratio"),
+            ({"k": 0}, "k"),
+            ({"weights": [1.0, -1.0]}, "weights"),
+            ({"warmup_steps": -1}, "warmup_steps"),
+        ],
+        # EF21 compresses the gradients DDP communicates: with one process there is nothing to compress,
+        # and the strategy refuses it (SettingError on devices)
+        multi_process_only=True,
+        # every rank steps with the same g = g_prev + mean_j C(grad_j - g_j) (all-gathered TopK messages), which
+        # is not the exact mean of the local gradients once the warm-up round is over
+        ddp_gradients="agree",
     ),
     # test-only plugins (tests/testkit), one per kind
     "CountingDDPStrategy": PluginSettings(

@@ -9,6 +9,8 @@ module's init argument ``settings.plugin_arg``.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +42,11 @@ def settings(name: str) -> PluginSettings:
     return SETTINGS[name]
 
 
+def processes(name: str) -> int:
+    """Processes of the plugin's YAML, short-fit and resume runs: 2 for a ``multi_process_only`` plugin, else 1."""
+    return 2 if settings(name).multi_process_only else 1
+
+
 def dotted(target: str) -> str:
     return target.replace(":", ".")
 
@@ -65,14 +72,18 @@ def _own_configure_optimizers(cls: type, init_args: dict[str, Any]) -> Any:
     return configure_optimizers
 
 
-def python_run(name: str, defaults: bool = False, own_optimizer: bool = True, ddp: bool = False) -> Run:
+def python_run(name: str, defaults: bool = False, own_optimizer: bool = True, ddp: bool | None = None) -> Run:
     """The run for plugin ``name``: its short settings (or its defaults), on one CPU process or two (fork).
+
+    ``ddp``: two processes (``ddp_fork``, a strategy plugin built with ``start_method="fork"``); default:
+    only for a ``multi_process_only`` plugin.
 
     ``own_optimizer``: optimizer plugins are built by the model's own ``configure_optimizers``
     (``Plugin(param_groups(self), ...)``), else lazily as ``--optimizer`` does; other plugins keep
     the model's optimizer, or get the lazy :data:`YAML_OPTIMIZER`.
     """
     m, s = manifest(name), settings(name)
+    ddp = s.multi_process_only if ddp is None else ddp
     args = {} if defaults else dict(s.init_args)
     model_path, model_args = s.model
     data_path, data_args = s.data
@@ -115,6 +126,27 @@ def registry_strategy(m: PluginManifest, init_args: dict[str, Any], **extra: Any
     return entry["strategy"](**{**entry["init_params"], **init_args, **extra})
 
 
+@contextmanager
+def forked_registry_strategy(strategy_name: str) -> Iterator[None]:
+    """While active, ``Trainer(strategy="<strategy_name>")`` (a YAML ``trainer.strategy: <strategy_name>``)
+    builds the registered strategy with ``start_method="fork"``: the registry's default (``popen``) would
+    re-run the pytest command in each rank. Shadows ``StrategyRegistry.get`` on the instance (``gradlab``
+    re-registers the strategy plugins while parsing, so the registry entry itself cannot be patched)."""
+    original = StrategyRegistry.get
+
+    def get(name: str, default: Any = None) -> Any:
+        if name != strategy_name:
+            return original(name, default)
+        entry = StrategyRegistry[name]
+        return entry["strategy"](**{**entry["init_params"], "start_method": "fork"})
+
+    StrategyRegistry.get = get  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del StrategyRegistry.get
+
+
 def plugin_instance(name: str, **overrides: Any) -> Any:
     """The plugin built alone with its short settings and ``overrides`` (for the bad-settings check)."""
     m, s = manifest(name), settings(name)
@@ -133,6 +165,8 @@ def yaml_config(name: str, short: bool, trainer_flags: dict[str, Any]) -> dict[s
     model = {"class_path": s.model[0], "init_args": dict(s.model[1])}
     data = {"class_path": s.data[0], "init_args": dict(s.data[1])}
     trainer = {**trainer_flags, **s.trainer_args}
+    if s.multi_process_only:
+        trainer["devices"] = processes(name)
     config = {"seed_everything": 0, "trainer": trainer, "model": model, "data": data, "optimizer": YAML_OPTIMIZER}
     if m.kind == "callback":
         trainer["callbacks"] = [plugin]

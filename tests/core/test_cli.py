@@ -7,6 +7,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+import yaml
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
@@ -117,7 +118,7 @@ def test_callback_fragments_load_through_the_cli(fragment: Path) -> None:
     """Callback fragments go to ``--trainer.callbacks+=``; a strategy fragment to ``--trainer.strategy=``."""
     from lightning_gradlab.core.conflicts import manifest_of
 
-    class_path = fragment.read_text().split("class_path:")[1].split()[0]
+    class_path = yaml.safe_load(fragment.read_text())["class_path"]
     is_strategy = fragment.stem.endswith("_strategy")
     flag = "--trainer.strategy" if is_strategy else "--trainer.callbacks+"
     cli = GradlabCLI(args=[*BASE_ARGS, f"{flag}={fragment}"], run=False)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_gradlab.cooldown import (
-    TemperatureSampler,
+from lightning_gradlab.cooldown.functional import (
     sample_probabilities,
     scalarization_weights,
     scalarized_loss,
     temperature_probs,
     variance_gap,
 )
+from lightning_gradlab.cooldown.sampler import TemperatureSampler
 from lightning_gradlab.core.validation import SettingError
 
 SIZES = [300, 100, 50, 50]

@@ -8,10 +8,10 @@ import torch
 from conftest import quiet_trainer
 from lightning.pytorch.callbacks import Callback
 
-from lightning_gradlab.cooldown import TemperatureSampler
 from lightning_gradlab.cooldown.callback import Cooldown
 from lightning_gradlab.cooldown.digits import SkewedDigits
 from lightning_gradlab.cooldown.model import DomainClassifier
+from lightning_gradlab.cooldown.sampler import TemperatureSampler
 from lightning_gradlab.core.sampling import shard_batches
 
 SIZES = [400, 80, 16, 4]

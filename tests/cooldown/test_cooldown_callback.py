@@ -12,10 +12,12 @@ from conftest import quiet_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from lightning_gradlab.cooldown import CooldownSchedule, TemperatureSampler, scalarization_weights, temperature_probs
 from lightning_gradlab.cooldown.callback import Cooldown, TemperatureMonitor
 from lightning_gradlab.cooldown.digits import SkewedDigits
+from lightning_gradlab.cooldown.functional import scalarization_weights, temperature_probs
 from lightning_gradlab.cooldown.model import DomainClassifier
+from lightning_gradlab.cooldown.sampler import TemperatureSampler
+from lightning_gradlab.cooldown.schedules import CooldownSchedule
 from lightning_gradlab.core.validation import SettingError
 
 SIZES = [400, 80, 16, 4]

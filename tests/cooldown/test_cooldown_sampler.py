@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from lightning_gradlab.cooldown import CooldownSchedule, TemperatureSampler, temperature_probs
-from lightning_gradlab.cooldown.sampler import BLOCK
+from lightning_gradlab.cooldown.functional import temperature_probs
+from lightning_gradlab.cooldown.sampler import BLOCK, TemperatureSampler
+from lightning_gradlab.cooldown.schedules import CooldownSchedule
 from lightning_gradlab.core.sampling import ResumableLoader, shard_batches
 from lightning_gradlab.core.validation import SettingError
 
