@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import statistics
+import time
 
 import lightning.pytorch as pl
 from torch import nn
@@ -39,9 +40,19 @@ class DigitsCNN(ContinualClassifier):
         )  # fmt: skip
 
 
-def run(seed: int, epochs_per_task: int, rho: int, setting: tuple[float, float] | None) -> dict[str, float]:
+def run(
+    seed: int,
+    epochs_per_task: int,
+    rho: int,
+    setting: tuple[float, float] | None,
+    dense_steps: int = 0,
+    dense_every: int = 1,
+) -> dict[str, float]:
     pl.seed_everything(seed, verbose=False)
-    evaluation = ContinualEvaluation(every_n_steps=rho, samples_per_task=None, plot=False)
+    start = time.perf_counter()
+    evaluation = ContinualEvaluation(
+        every_n_steps=rho, samples_per_task=None, plot=False, dense_steps=dense_steps, dense_every_n_steps=dense_every
+    )
     callbacks: list[pl.Callback] = [ExperienceReplay(buffer_size=50, seed=seed), evaluation]
     if setting is not None:
         callbacks.append(AdaB2N(kappa=setting[0], lambd=setting[1]))
@@ -51,6 +62,9 @@ def run(seed: int, epochs_per_task: int, rho: int, setting: tuple[float, float] 
     trainer.fit(model, SplitDigits(batch_size=10, epochs_per_task=epochs_per_task, seed=seed))
     results = {k: 100 * evaluation.results()[k] for k in KEYS}
     results["bn0_running_mean"] = float(model.net[1].running_mean.mean())
+    results["steps"] = trainer.global_step
+    results["evaluations"] = len(evaluation.history["step"])
+    results["seconds"] = time.perf_counter() - start
     return results
 
 
@@ -69,17 +83,26 @@ def main() -> None:
     parser.add_argument("--epochs-per-task", type=int, default=2)
     parser.add_argument("--rho", type=int, default=10)
     parser.add_argument("--grid", nargs="*", default=["0.1,0.1", "0.4,0.1", "1,0"], help="kappa,lambd pairs")
-    parser.add_argument("--out", default=None)
+    parser.add_argument("--dense-steps", type=int, default=0, help="ContinualEvaluation(dense_steps)")
+    parser.add_argument("--dense-every", type=int, default=1, help="ContinualEvaluation(dense_every_n_steps)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the BatchNorm run (run it elsewhere)")
+    parser.add_argument("--out", default=None, help="JSON file, rewritten after every run (per-seed rows kept)")
     args = parser.parse_args()
-    settings: list[tuple[float, float] | None] = [None] + [tuple(map(float, g.split(","))) for g in args.grid]
-    table = {}
+    settings: list[tuple[float, float] | None] = [] if args.no_baseline else [None]
+    settings += [tuple(map(float, g.split(","))) for g in args.grid]
+    table: dict[str, dict[str, str]] = {}
+    raw: dict[str, dict[int, dict[str, float]]] = {}
     for setting in settings:
         name = "BatchNorm" if setting is None else f"AdaB2N kappa={setting[0]} lambd={setting[1]}"
-        table[name] = summary([run(s, args.epochs_per_task, args.rho, setting) for s in args.seeds])
+        raw[name] = {}
+        for seed in args.seeds:
+            raw[name][seed] = run(seed, args.epochs_per_task, args.rho, setting, args.dense_steps, args.dense_every)
+            print(name, "seed", seed, raw[name][seed], flush=True)
+            table[name] = summary(list(raw[name].values()))
+            if args.out:  # after every run, so an interrupted sweep keeps what finished
+                with open(args.out, "w") as f:
+                    json.dump({"args": vars(args), "table": table, "per_seed": raw}, f, indent=1)
         print(name, table[name], flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"args": vars(args), "table": table}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -94,10 +94,8 @@ class TemperatureSampler(ResumableBatchSampler):
     ) -> TemperatureSampler:
         """Sample a dataset whose sample k belongs to domain ``domain_ids[k]``, as ``rank`` of ``world_size``."""
         owner = type(self).__name__
-        if world_size is not None:
-            self.world_size = check_int(owner, "world_size", world_size, 1)
-        if rank is not None:
-            self.rank = check_int(owner, "rank", rank, 0, self.world_size - 1)
+        if rank is not None or world_size is not None:
+            self.distribute(self.rank if rank is None else rank, self.world_size if world_size is None else world_size)
         ids = torch.as_tensor(domain_ids)
         if ids.ndim != 1 or len(ids) == 0 or ids.is_floating_point() or ids.dtype == torch.bool:
             raise SettingError(owner, "domain_ids", _short(domain_ids), "a non-empty 1-D sequence of int domain ids")

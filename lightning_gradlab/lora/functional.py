@@ -32,18 +32,10 @@ def _scaling(scaling: float | Tensor, like: Tensor) -> Tensor:
     return s.reshape(*s.shape, 1, 1)  # (...,) → (..., 1, 1): one s per stacked layer
 
 
-def _eigh_psd(matrix: Tensor) -> tuple[Tensor, Tensor]:
-    values, vectors = torch.linalg.eigh(matrix)
-    return values.clamp_min(0.0), vectors
-
-
-def _kept(values: Tensor, rcond: float) -> Tensor:
-    return values > rcond * values.amax(-1, keepdim=True)
-
-
-def _pinv(values: Tensor, vectors: Tensor, rcond: float) -> Tensor:
-    keep = _kept(values, rcond)
-    inverse = torch.where(keep, 1.0 / torch.where(keep, values, torch.ones_like(values)), torch.zeros_like(values))
+def _pinv_from_eigh(values: Tensor, vectors: Tensor, rcond: float) -> Tensor:
+    """Pseudo-inverses U diag(1/λ kept) Uᵀ of a stack of PSD matrices from their eigendecompositions."""
+    keep = values > rcond * values.amax(-1, keepdim=True)
+    inverse = torch.where(keep, values.reciprocal(), 0.0)  # 1/0 = inf is never selected: no NaN
     return (vectors * inverse.unsqueeze(-2)) @ vectors.mT
 
 
@@ -64,22 +56,28 @@ def lora_pro_adjust(
     paper's −(1/s²)(BᵀB)⁻¹ g^A Aᵀ. It is solved in the eigenbases of BᵀB and AAᵀ (no SciPy, batched); pairs
     of eigenvalues that are both zero give the minimum-norm X. Returns tensors of ``grad_A``'s and ``grad_B``'s
     dtypes.
+
+    Cost: the only products with an m or n dimension are the four r×r reductions BᵀB, AAᵀ, g^A Aᵀ, Bᵀg^B and
+    the two that apply the result, ĝ^A = P g^A + X A and ĝ^B = g^B Q − B Y (P = (BᵀB)⁺/s², Q = (AAᵀ)⁺/s²,
+    Y = (BᵀB)⁺ Bᵀg^B Q + X); everything else is r×r, and both eigendecompositions are one batched ``eigh``.
     """
     a, b, ga, gb = (t.to(dtype) for t in (A, B, grad_A, grad_B))
-    s2 = _scaling(scaling, a) ** 2
-    mu, U = _eigh_psd(b.mT @ b)  # BᵀB = U diag(μ) Uᵀ
-    nu, V = _eigh_psd(a @ a.mT)  # AAᵀ = V diag(ν) Vᵀ
-    btb_inv, aat_inv = _pinv(mu, U, rcond), _pinv(nu, V, rcond)
-    p = btb_inv @ ga / s2  # (1/s²)(BᵀB)⁻¹ g^A
-    gb_perp = gb - b @ (btb_inv @ (b.mT @ gb))  # [I − P_B] g^B
-    q = gb_perp @ aat_inv / s2
-    rhs = ga @ a.mT - b.mT @ gb - p @ a.mT
-    rhs_eig = U.mT @ rhs @ V
+    inv_s2 = _scaling(scaling, a).square().reciprocal()
+    values, vectors = torch.linalg.eigh(torch.stack((b.mT @ b, a @ a.mT)))  # BᵀB = U diag(μ) Uᵀ, AAᵀ = V diag(ν) Vᵀ
+    values = values.clamp_min(0.0)
+    pinvs = _pinv_from_eigh(values, vectors, rcond)
+    (mu, nu), (U, V), (btb_inv, aat_inv) = values.unbind(0), vectors.unbind(0), pinvs.unbind(0)
+    ga_at, bt_gb = ga @ a.mT, b.mT @ gb  # r×r
+    p = btb_inv * inv_s2  # (1/s²)(BᵀB)⁺
+    q = aat_inv * inv_s2  # (1/s²)(AAᵀ)⁺
+    rhs_eig = U.mT @ (ga_at - bt_gb - p @ ga_at) @ V
     denominator = mu.unsqueeze(-1) + nu.unsqueeze(-2)
     solvable = denominator > rcond * denominator.amax((-2, -1), keepdim=True)
-    x_eig = torch.where(solvable, rhs_eig / torch.where(solvable, denominator, 1.0), 0.0)
-    x = U @ x_eig @ V.mT
-    return (p + x @ a).to(grad_A.dtype), (q - b @ x).to(grad_B.dtype)
+    x = U @ torch.where(solvable, rhs_eig / denominator, 0.0) @ V.mT  # 0/0 is never selected
+    y = btb_inv @ bt_gb @ q + x  # ĝ^B = [I − B(BᵀB)⁺Bᵀ] g^B Q − B X = g^B Q − B Y
+    new_a = (p @ ga).add_(x @ a)
+    new_b = (gb @ q).sub_(b @ y)
+    return new_a.to(grad_A.dtype), new_b.to(grad_B.dtype)
 
 
 def sylvester_x(A: Tensor, B: Tensor, grad_A: Tensor, grad_B: Tensor, scaling: float | Tensor) -> Tensor:

@@ -13,7 +13,7 @@ from lightning_gradlab.core.validation import SettingError, check_choice, check_
 from lightning_gradlab.lora.adapters import as_matrices, is_sharded, lora_tag, parse_param_name
 from lightning_gradlab.lora.functional import DEFAULT_RCOND
 from lightning_gradlab.lora.manifest import LORA_PRO_ADAMW
-from lightning_gradlab.lora.pairs import AdapterPair, adjust_pairs
+from lightning_gradlab.lora.pairs import AdapterPair, adjust_gradients_, adjust_pairs
 
 OWNER = "LoRAProAdamW"
 MODES = ("full", "efficient", "off")
@@ -77,9 +77,27 @@ class LoRAProAdamW(AdamW):
         super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
         self.mode, self.rcond = mode, rcond
         self.defaults.update(mode=mode, rcond=rcond)  # one mode for all groups; listed with the other options
+        self._pairs_cache: tuple[tuple[Any, ...], list[AdapterPair]] | None = None
+
+    def _groups_key(self) -> tuple[Any, ...]:
+        """Identity of the groups' layout: pairs are recomputed when a group is added or replaced
+        (``add_param_group``, ``load_state_dict``) or its lists change."""
+        return tuple(
+            (id(g), id(g["params"]), len(g["params"]), id(g.get("param_names"))) for g in self.param_groups
+        )
 
     def adapter_pairs(self) -> list[AdapterPair]:
-        """The (A, B) pairs of every group, paired by module name from ``param_names``."""
+        """The (A, B) pairs of every group, paired by module name from ``param_names`` (computed once per
+        group layout; the cached pairs hold the group dicts, so their ids stay valid)."""
+        key = self._groups_key()
+        cached = getattr(self, "_pairs_cache", None)
+        if cached is not None and cached[0] == key:
+            return list(cached[1])
+        pairs = self._find_pairs()
+        self._pairs_cache = (key, pairs)
+        return list(pairs)
+
+    def _find_pairs(self) -> list[AdapterPair]:
         pairs: list[AdapterPair] = []
         for index, group in enumerate(self.param_groups):
             names = group.get("param_names")
@@ -124,14 +142,11 @@ class LoRAProAdamW(AdamW):
         if self.mode == "off":
             super().step()
             return loss
-        pairs = [p for p in self.adapter_pairs() if p.A.grad is not None and p.B.grad is not None]
         if self.mode == "efficient":
-            adjusted = adjust_pairs(pairs, [as_matrices(p.A.grad, p.B.grad) for p in pairs], self.rcond)
-            for pair, (ga, gb) in zip(pairs, adjusted):
-                as_matrices(pair.A.grad, pair.B.grad)[0].copy_(ga)
-                as_matrices(pair.A.grad, pair.B.grad)[1].copy_(gb)
+            adjust_gradients_(self.adapter_pairs(), self.rcond)
             super().step()
             return loss
+        pairs = [p for p in self.adapter_pairs() if p.A.grad is not None and p.B.grad is not None]
         held = [(p.A, p.A.grad, p.B, p.B.grad) for p in pairs]
         try:
             for pair in pairs:

@@ -15,7 +15,7 @@ from lightning_gradlab.lora.adapters import LoRAAdapter, find_adapters
 from lightning_gradlab.lora.functional import DEFAULT_RCOND
 from lightning_gradlab.lora.guards import refuse_sharded
 from lightning_gradlab.lora.manifest import LORA_PRO
-from lightning_gradlab.lora.pairs import adjust_pairs
+from lightning_gradlab.lora.pairs import adjust_gradients_
 
 OWNER = "LoRAPro"
 
@@ -68,11 +68,7 @@ class LoRAPro(PluginCallback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
     ) -> None:
-        ready = [(a, g) for a in self.adapters if (g := a.grads()) is not None]
-        adjusted = adjust_pairs([a for a, _ in ready], [g for _, g in ready], self.rcond)
-        for (_, (ga, gb)), (new_a, new_b) in zip(ready, adjusted):
-            ga.copy_(new_a)
-            gb.copy_(new_b)
+        adjust_gradients_(self.adapters, self.rcond)  # one batched call per shape, one foreach copy
         self.adjusted_steps += 1
 
     @override

@@ -205,8 +205,9 @@ def test_forward_adds_the_row_and_returns_the_history_metrics() -> None:
     for e, (row, task) in enumerate(zip(SPEC, SPEC_TASKS, strict=True)):
         out = by_forward(torch.tensor(row, dtype=torch.float64), task)
         by_update.update(torch.tensor(row, dtype=torch.float64), task)
-        assert same(out, by_update.compute()) and same(out, stability_metrics(SPEC[: e + 1], SPEC_TASKS[: e + 1],
-                                                                                windows=(2,), lca_beta=2))
+        assert same(out, by_update.compute()) and same(
+            out, stability_metrics(SPEC[: e + 1], SPEC_TASKS[: e + 1], windows=(2,), lca_beta=2)
+        )
     assert float(by_forward.compute()["min_acc"]) == pytest.approx(0.4)
     assert set(by_forward.metric_state) == set(by_forward._defaults)  # one state: the torchmetrics states
 

@@ -129,10 +129,18 @@ def test_callback_fragments_load_through_the_cli(fragment: Path) -> None:
         assert names == [class_path.rpartition(".")[2]]
 
 
-@pytest.mark.parametrize("example", sorted((REPO / "examples").rglob("*.yaml")), ids=lambda p: p.parent.name)
+EXAMPLES = sorted((REPO / "examples").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_example_configs_instantiate(example: Path) -> None:
     cli = GradlabCLI(args=["--config", str(example)], run=False)
-    assert cli.model is not None and cli.datamodule is not None
+    config = yaml.safe_load(example.read_text())
+    named = [c["class_path"].rpartition(".")[2] for c in config.get("trainer", {}).get("callbacks") or []]
+    built = [type(c).__name__ for c in cli.trainer.callbacks]
+    assert [n for n in named if n not in built] == []
+    for part, built_part in (("model", cli.model), ("data", cli.datamodule)):
+        assert type(built_part).__name__ == config[part]["class_path"].rpartition(".")[2]
 
 
 def test_three_plugins_compose_in_one_yaml() -> None:

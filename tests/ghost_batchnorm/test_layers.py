@@ -246,11 +246,9 @@ def test_class_swap_behaves_like_a_fresh_ghost_layer(layout: str) -> None:
     swapped(torch.randn(16, 3, 4, 4))  # some state before the swap
     fresh = GhostBatchNorm2d(3, virtual_batch_size=8, stats_policy="scaled", layout=layout)
     fresh.load_state_dict(swapped.state_dict())
-    tensors = {k: v.data_ptr() for k, v in swapped.state_dict(keep_vars=True).items()}
     swapped.__class__ = ghost_class_for(type(swapped))
     swapped.configure_ghost(8, "scaled", layout)
     assert isinstance(swapped, nn.BatchNorm2d) and type(swapped) is GhostBatchNorm2d
-    assert {k: v.data_ptr() for k, v in swapped.state_dict(keep_vars=True).items()} == tensors
     assert repr(swapped) == repr(fresh) and f"virtual_batch_size=8, stats_policy=scaled, layout={layout}" in repr(fresh)
     x = torch.randn(40, 3, 4, 4) + torch.arange(40.0).view(-1, 1, 1, 1)
     assert torch.equal(swapped(x), fresh(x))

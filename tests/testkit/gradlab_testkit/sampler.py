@@ -37,8 +37,7 @@ class StratifiedBatchSampler(ResumableBatchSampler):
 
     def bind(self, labels: torch.Tensor, rank: int, world_size: int) -> StratifiedBatchSampler:
         """Sample the dataset with these per-sample ``labels`` as rank ``rank`` of ``world_size``."""
-        self.world_size = check_int(type(self).__name__, "world_size", world_size, 1)
-        self.rank = check_int(type(self).__name__, "rank", rank, 0, world_size - 1)
+        self.distribute(rank, world_size)
         self.labels = torch.as_tensor(labels, dtype=torch.long)
         return self
 
