@@ -1,15 +1,16 @@
 """Step time of LoRA-Pro (efficient mode, the LoRAPro callback's adjustment, full mode) vs plain LoRA + AdamW.
 
-Run: ``python benchmarks/lora/step_time.py [--repeats 60] [--profile]`` (CPU, 1 thread, about a minute).
+Run: ``python benchmarks/lora/step_time.py [--repeats 60] [--configs small large] [--profile]`` (CPU, 1 thread,
+about a minute).
 
-Each configuration is an MLP of ``layers`` Linear width×width layers with rank-r PEFT adapters (gaussian init,
-so B ≠ 0), batch ``batch``. A timed step is forward + backward + (adjustment) + optimizer step, i.e. what a
-training step costs; the variants are measured interleaved, pair by pair, in one process (machines shared
-with other jobs drift), and the table gives the median of each and the median of the per-round ratios to
-plain LoRA + AdamW, for the whole step and for its optimizer part alone (adjustment + optimizer
-step, the old card's figure). ``callback`` runs the ``LoRAPro`` callback's ``on_before_optimizer_step`` (the same
-adjustment) before a plain ``torch.optim.AdamW`` step. ``--profile`` prints cProfile's top entries of 50
-efficient-mode steps of the small configuration.
+Each configuration is an MLP of ``layers`` Linear width×width layers with rank-r PEFT adapters (A gaussian, B
+drawn N(0, 0.02²) as in mid-training rather than PEFT's B = 0), batch ``batch``. A timed step is zero_grad +
+forward + backward + (adjustment) + optimizer step; the optimizer part (adjustment + step, the old card's figure)
+is timed inside it. The variants run interleaved, round by round in alternating order, in one process (shared
+machines drift); the table gives medians and the median of the per-round ratios to plain LoRA + AdamW.
+``pro_callback`` runs the ``LoRAPro`` callback's ``on_before_optimizer_step`` (the same adjustment) before a
+plain ``torch.optim.AdamW`` step. ``--profile`` prints cProfile's top entries of 50 efficient-mode steps of the
+small configuration.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ def model_for(layers: int, width: int, rank: int) -> nn.Module:
     model = nn.Sequential(*blocks)
     inject_lora(model, LoRASettings(r=rank, lora_alpha=2 * rank, init_lora_weights="gaussian",
                                     target_modules=[str(2 * i) for i in range(layers)]))  # fmt: skip
+    with torch.no_grad():  # mid-training state: PEFT initialises B = 0, which makes BᵀB trivially zero
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.02)
     return model
 
 

@@ -6,6 +6,7 @@ The ``gradlab`` console script (:mod:`lightning_gradlab.core.entry`) runs it for
 
 from __future__ import annotations
 
+import sys
 from typing import Any, NoReturn
 
 from lightning.pytorch.cli import (
@@ -20,7 +21,7 @@ from torch.optim import Optimizer
 
 from lightning_gradlab.core.conflicts import raise_on_conflicts, run_components
 from lightning_gradlab.core.entry import main as main
-from lightning_gradlab.core.errors import plugin_hints
+from lightning_gradlab.core.errors import TRACEBACK_HINT, plugin_hints, traceback_requested
 from lightning_gradlab.core.lazy_optimizers import attach_lazy_optimizers
 from lightning_gradlab.core.loading import load_plugins, suggest
 from lightning_gradlab.core.registry import PluginRecord
@@ -46,6 +47,10 @@ class GradlabArgumentParser(LightningArgumentParser):
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         records = self.gradlab_records
         hints = plugin_hints(message, records, lambda name: suggest(name, records))
+        if hints and self.exit_on_error and not traceback_requested():  # the hint says it: skip usage and union dump
+            key = message.strip().splitlines()[0]
+            sys.stderr.write("\n".join([f"gradlab: error: {key}", *hints, TRACEBACK_HINT]) + "\n")
+            self.exit(2)
         super().error("\n".join([message.rstrip(), *hints]) if hints else message, ex)
 
 

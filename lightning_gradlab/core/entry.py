@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     # Lightning's CombinedLoader trips torch's LeafSpec deprecation on every run (Lightning #21326):
     # nothing a user can act on, so the console script hides it.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning)
+    # Lightning's sync_dist=True logging calls a deprecated torch all_gather: also not the user's to fix.
+    warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated")
     try:
         from lightning_gradlab.core.cli import GradlabCLI
 

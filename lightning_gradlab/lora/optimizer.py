@@ -82,9 +82,7 @@ class LoRAProAdamW(AdamW):
     def _groups_key(self) -> tuple[Any, ...]:
         """Identity of the groups' layout: pairs are recomputed when a group is added or replaced
         (``add_param_group``, ``load_state_dict``) or its lists change."""
-        return tuple(
-            (id(g), id(g["params"]), len(g["params"]), id(g.get("param_names"))) for g in self.param_groups
-        )
+        return tuple((id(g), id(g["params"]), len(g["params"]), id(g.get("param_names"))) for g in self.param_groups)
 
     def adapter_pairs(self) -> list[AdapterPair]:
         """The (A, B) pairs of every group, paired by module name from ``param_names`` (computed once per

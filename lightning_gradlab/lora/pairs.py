@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from lightning_gradlab.lora.adapters import as_matrices, lora_tag
-from lightning_gradlab.lora.functional import lora_pro_adjust
+from lightning_gradlab.lora.functional import lora_pro_adjust, lora_pro_adjust_rows
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,14 +43,17 @@ def adjust_pairs(pairs: list[Any], grads: list[tuple[Tensor, Tensor]], rcond: fl
             (i,), ((a, b),) = indices, mats
             out[i] = lora_pro_adjust(a, b, grads[i][0], grads[i][1], pairs[i].scaling, rcond=rcond)
             continue
-        a = torch.stack([m[0] for m in mats])
-        b = torch.stack([m[1] for m in mats])
-        ga = torch.stack([grads[i][0] for i in indices])
-        gb = torch.stack([grads[i][1] for i in indices])
-        s = torch.tensor([pairs[i].scaling for i in indices], dtype=torch.float64, device=a.device)
-        new_a, new_b = lora_pro_adjust(a, b, ga, gb, s, rcond=rcond)
-        for i, na, nb in zip(indices, new_a.unbind(0), new_b.unbind(0)):
-            out[i] = (na, nb)
+        # [A; g^A] and [Bᵀ; g^Bᵀ] of every layer in one copy each (see lora_pro_adjust_rows)
+        rows_a = torch.cat([t for (a, _), i in zip(mats, indices) for t in (a, grads[i][0])])
+        rows_b = torch.cat([t for (_, b), i in zip(mats, indices) for t in (b.T, grads[i][1].T)])
+        ga0, gb0 = grads[indices[0]]
+        (r, n), m = ga0.shape, gb0.shape[0]
+        rows_a, rows_b = rows_a.view(len(indices), 2 * r, n), rows_b.view(len(indices), 2 * r, m)
+        s = torch.tensor([pairs[i].scaling for i in indices], dtype=torch.float64, device=rows_a.device)
+        new_a, new_b_t = lora_pro_adjust_rows(rows_a, rows_b, s, rcond)
+        new_a, new_b_t = new_a.to(ga0.dtype), new_b_t.to(gb0.dtype)
+        for i, na, nb in zip(indices, new_a.unbind(0), new_b_t.unbind(0)):
+            out[i] = (na, nb.T)
     return out
 
 
