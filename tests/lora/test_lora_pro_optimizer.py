@@ -166,3 +166,26 @@ def test_lora_pro_callback_equals_the_optimizers_efficient_mode_and_only_adapter
     for n, p in with_callback.named_parameters():
         if "base_layer" in n:
             assert torch.equal(p, base[n.replace(".base_layer", "")]), n
+
+
+def test_batched_pairs_match_per_layer_adjustment_and_the_pair_cache_follows_the_groups() -> None:
+    from lightning_gradlab.lora.pairs import adjust_gradients_
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 6), nn.Linear(6, 6), nn.Linear(6, 6), nn.Linear(6, 4))
+    inject_lora(model, LoRASettings(r=2, lora_alpha=3, init_lora_weights="gaussian"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    model(torch.randn(5, 6)).square().sum().backward()
+    opt = LoRAProAdamW(param_groups(model), lr=1e-2, mode="efficient")
+    pairs = opt.adapter_pairs()
+    assert len(pairs) == 4 and opt.adapter_pairs()[0] is pairs[0]  # cached
+    expected = [lora_pro_adjust(p.A, p.B, p.A.grad, p.B.grad, p.scaling) for p in pairs]
+    adjust_gradients_(pairs, opt.rcond)  # three 6×6 layers in one batched call, the 4×6 one alone
+    for p, (ga, gb) in zip(pairs, expected):
+        torch.testing.assert_close(p.A.grad, ga, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(p.B.grad, gb, rtol=1e-6, atol=1e-7)
+    opt.load_state_dict(opt.state_dict())  # replaces the group dicts: the cached pairs must follow
+    assert all(any(p.group is g for g in opt.param_groups) for p in opt.adapter_pairs())
