@@ -176,3 +176,18 @@ __all__ = [
     "parse_param_name",
     "weight_matrix",
 ]
+
+
+def trainable_adapters(model: nn.Module, owner: str) -> list[LoRAAdapter]:
+    """The adapters of ``model`` whose A and B both train, for a plugin working on them at fit start.
+
+    Raises:
+        ValueError: when there is none (the LoRA callback must come first, or PEFT must have adapted the model).
+    """
+    adapters = [a for a in find_adapters(model, owner) if a.A.requires_grad and a.B.requires_grad]
+    if not adapters:
+        raise ValueError(
+            f"{owner}: the model has no trainable PEFT LoRA adapter at fit start; expected the LoRA callback"
+            f" (listed before {owner}) or a model adapted with PEFT"
+        )
+    return adapters

@@ -15,7 +15,7 @@ from typing_extensions import override
 from lightning_gradlab.core.conflicts import PluginCallback
 from lightning_gradlab.core.param_groups import install_param_groups
 from lightning_gradlab.core.validation import check_choice, check_float, check_seed
-from lightning_gradlab.lora.adapters import LoRAAdapter, as_matrices, find_adapters, weight_matrix
+from lightning_gradlab.lora.adapters import LoRAAdapter, as_matrices, trainable_adapters, weight_matrix
 from lightning_gradlab.lora.guards import refuse_sharded
 from lightning_gradlab.lora.manifest import LORA_GGPO
 from lightning_gradlab.lora.perturbation import (
@@ -94,11 +94,7 @@ class LoRAGGPO(PluginCallback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.adapters = [a for a in find_adapters(pl_module, OWNER) if a.A.requires_grad and a.B.requires_grad]
-        if not self.adapters:
-            raise ValueError(
-                f"{OWNER}: the model has no trainable PEFT LoRA adapter at fit start; expected the LoRA callback"
-            )
+        self.adapters = trainable_adapters(pl_module, OWNER)
         self._remove_hooks()
         by_module: dict[int, list[LoRAAdapter]] = {}
         for adapter in self.adapters:

@@ -11,7 +11,7 @@ from typing_extensions import override
 from lightning_gradlab.core.conflicts import PluginCallback
 from lightning_gradlab.core.param_groups import install_param_groups
 from lightning_gradlab.core.validation import check_float
-from lightning_gradlab.lora.adapters import LoRAAdapter, find_adapters
+from lightning_gradlab.lora.adapters import LoRAAdapter, trainable_adapters
 from lightning_gradlab.lora.functional import DEFAULT_RCOND
 from lightning_gradlab.lora.guards import refuse_sharded
 from lightning_gradlab.lora.manifest import LORA_PRO
@@ -57,12 +57,7 @@ class LoRAPro(PluginCallback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.adapters = [a for a in find_adapters(pl_module, OWNER) if a.A.requires_grad and a.B.requires_grad]
-        if not self.adapters:
-            raise ValueError(
-                f"{OWNER}: the model has no trainable PEFT LoRA adapter at fit start; expected the LoRA callback"
-                " (listed before LoRAPro) or a model adapted with PEFT"
-            )
+        self.adapters = trainable_adapters(pl_module, OWNER)
 
     @override
     def on_before_optimizer_step(
