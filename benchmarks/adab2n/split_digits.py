@@ -1,12 +1,16 @@
 """Benchmark 2: online class-incremental Split-Digits with ER, BatchNorm vs AdaB²N over a κ/λ grid.
 
 A small CNN with BatchNorm2d, batch 10 new + 10 replayed (ER, 50-sample buffer), ``--epochs-per-task``
-passes per task, one fit over the 5 tasks, continual evaluation every ``--rho`` steps. Prints mean ±
-s.e. over seeds of ACC, FORG, min-ACC, WC-ACC, WF¹⁰ (in %), and the final running mean of the first BN
-layer's channels' average (a recency probe).
+passes per task (20 passes = 516 steps a task), one fit over the 5 tasks, continual evaluation every
+``--rho`` steps on the whole test split (plus every ``--dense-every`` steps during the first
+``--dense-steps`` steps of each task, where the stability gap sits). Prints mean ± s.e. over seeds of
+ACC, FORG, min-ACC, WC-ACC, WF¹⁰ (in %), and the final running mean of the first BN layer's channels'
+average (a recency probe); ``--out`` keeps the per-seed rows. The issue's protocol, as run for the card
+(settings split over parallel processes with ``--no-baseline``; ``split_digits_table.py`` merges them):
 
-    python benchmarks/adab2n/split_digits.py --seeds 0 1 2 3 4 5 6 7 --epochs-per-task 20 \
-        --grid 0.1,0 0.1,0.1 0.1,1 0.4,0 0.4,0.1 0.4,1 0.7,0 0.7,0.1 0.7,1 1,0 1,0.1 1,1
+    python benchmarks/adab2n/split_digits.py --seeds 0 1 2 3 4 5 6 7 --epochs-per-task 20 --rho 50 \
+        --dense-steps 50 --dense-every 5 --grid 0.1,0 0.1,0.1 0.1,1 0.4,0 0.4,0.1 0.4,1 0.7,0 0.7,0.1 0.7,1 \
+        1,0 1,0.1 1,1 --out benchmarks/adab2n/results/split_digits_500.json
 """
 
 from __future__ import annotations
