@@ -25,6 +25,21 @@ if str(TESTKIT) not in sys.path:
     discover.cache_clear()
 
 
+#: ``gradlab`` arguments for a tiny two-step CPU run of the demo digits classifier, without logs or checkpoints.
+CLI_ARGS = [
+    "--model=lightning_gradlab.demo.DigitsClassifier",
+    "--model.width=8",
+    "--data=lightning_gradlab.demo.DigitsDataModule",
+    "--trainer.accelerator=cpu",
+    "--trainer.logger=false",
+    "--trainer.enable_checkpointing=false",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--trainer.max_steps=2",
+    "--trainer.limit_val_batches=0",
+]
+
+
 def quiet_trainer(**kwargs: Any) -> pl.Trainer:
     """A CPU Trainer without logger, progress bar or summary; ``kwargs`` override."""
     defaults: dict[str, Any] = dict(

@@ -8,24 +8,12 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
+from conftest import CLI_ARGS
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from lightning_gradlab.core.cli import GradlabCLI
 from lightning_gradlab.core.conflicts import PluginConflictError
-
-BASE_ARGS = [
-    "--model=lightning_gradlab.demo.DigitsClassifier",
-    "--model.width=8",
-    "--data=lightning_gradlab.demo.DigitsDataModule",
-    "--trainer.accelerator=cpu",
-    "--trainer.logger=false",
-    "--trainer.enable_checkpointing=false",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-    "--trainer.max_steps=2",
-    "--trainer.limit_val_batches=0",
-]
 
 
 class AddHead(Callback):
@@ -52,7 +40,7 @@ def test_optimizer_is_built_lazily_from_parameters_present_after_setup() -> None
     cli = GradlabCLI(
         args=[
             "fit",
-            *BASE_ARGS,
+            *CLI_ARGS,
             "--trainer.callbacks+=test_cli.AddHead",
             "--trainer.callbacks+=test_cli.CheckOptimizerSeesHead",
             "--optimizer=Adam",
@@ -69,7 +57,7 @@ def test_optimizer_is_built_lazily_from_parameters_present_after_setup() -> None
 
 
 def test_frozen_parameters_stay_out_of_the_optimizer() -> None:
-    cli = GradlabCLI(args=[*BASE_ARGS, "--optimizer=SGD", "--optimizer.lr=0.1"], run=False)
+    cli = GradlabCLI(args=[*CLI_ARGS, "--optimizer=SGD", "--optimizer.lr=0.1"], run=False)
     cli.model.net[1].requires_grad_(False)
     optimizer = cli.model.configure_optimizers()
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
@@ -78,7 +66,7 @@ def test_frozen_parameters_stay_out_of_the_optimizer() -> None:
 
 
 def test_model_keeps_its_own_configure_optimizers_without_optimizer_flag() -> None:
-    cli = GradlabCLI(args=BASE_ARGS, run=False)
+    cli = GradlabCLI(args=CLI_ARGS, run=False)
     assert isinstance(cli.model.configure_optimizers(), torch.optim.SGD)
 
 
@@ -87,7 +75,7 @@ def test_lazy_optimizer_survives_ddp_spawn() -> None:
     GradlabCLI(
         args=[
             "fit",
-            *BASE_ARGS,
+            *CLI_ARGS,
             "--trainer.strategy=ddp_spawn_find_unused_parameters_true",
             "--trainer.devices=2",
             "--trainer.callbacks+=test_cli.AddHead",
@@ -106,7 +94,7 @@ def test_conflicting_plugins_are_refused_before_training(tmp_path: Path) -> None
         "    - class_path: GhostBatchNorm\n      init_args: {virtual_batch_size: 32}\n"
     )
     with pytest.raises(PluginConflictError, match="GhostBatchNorm and GhostBatchNorm") as err:
-        GradlabCLI(args=["fit", *BASE_ARGS, "--config", str(config)])
+        GradlabCLI(args=["fit", *CLI_ARGS, "--config", str(config)])
     assert "Remove one of them" in str(err.value)
 
 
@@ -121,7 +109,7 @@ def test_callback_fragments_load_through_the_cli(fragment: Path) -> None:
     class_path = yaml.safe_load(fragment.read_text())["class_path"]
     is_strategy = fragment.stem.endswith("_strategy")
     flag = "--trainer.strategy" if is_strategy else "--trainer.callbacks+"
-    cli = GradlabCLI(args=[*BASE_ARGS, f"{flag}={fragment}"], run=False)
+    cli = GradlabCLI(args=[*CLI_ARGS, f"{flag}={fragment}"], run=False)
     if is_strategy:
         assert f"{type(cli.trainer.strategy).__module__}.{type(cli.trainer.strategy).__name__}" == class_path
     else:

@@ -8,23 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_distribution
+from conftest import CLI_ARGS, write_distribution
 
 from lightning_gradlab.core.cli import GradlabCLI, PluginLoadWarning
 from lightning_gradlab.core.entry import main
 
-BASE_ARGS = [
-    "--model=lightning_gradlab.demo.DigitsClassifier",
-    "--model.width=8",
-    "--data=lightning_gradlab.demo.DigitsDataModule",
-    "--trainer.accelerator=cpu",
-    "--trainer.logger=false",
-    "--trainer.enable_checkpointing=false",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-    "--trainer.max_steps=1",
-    "--trainer.limit_val_batches=0",
-]
 STRICT_CALLBACK = '''
 from lightning.pytorch.callbacks import Callback
 
@@ -61,7 +49,7 @@ def test_failed_plugins_are_warned_and_named_in_unknown_class_path_errors(
     write_failing_plugin(extra_site)
     with pytest.warns(PluginLoadWarning, match="'CrashyPlugin'.*failed to load.*GPU driver from 1997"):
         with pytest.raises(SystemExit):
-            GradlabCLI(args=[*BASE_ARGS, "--trainer.callbacks+=CrashyPlugin"], run=False)
+            GradlabCLI(args=[*CLI_ARGS, "--trainer.callbacks+=CrashyPlugin"], run=False)
     err = capsys.readouterr().err
     assert "'CrashyPlugin' is the plugin 'CrashyPlugin' (distribution 'crashy'), which failed to load" in err
     assert "RuntimeError: needs a GPU driver from 1997" in err
@@ -69,7 +57,7 @@ def test_failed_plugins_are_warned_and_named_in_unknown_class_path_errors(
 
 def test_misspelled_short_name_gets_a_suggestion(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        GradlabCLI(args=[*BASE_ARGS, "--trainer.callbacks+=GhostBatchNrom"], run=False)
+        GradlabCLI(args=[*CLI_ARGS, "--trainer.callbacks+=GhostBatchNrom"], run=False)
     assert "did you mean `GhostBatchNorm`?" in capsys.readouterr().err
 
 
@@ -80,7 +68,7 @@ def test_console_script_imports_from_the_working_directory_and_prints_one_line_e
     )
     gradlab = Path(sys.executable).with_name("gradlab")
     out = subprocess.run(
-        [str(gradlab), "fit", *BASE_ARGS, "--config", "run.yaml"],
+        [str(gradlab), "fit", *CLI_ARGS, "--config", "run.yaml"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -96,7 +84,7 @@ def test_traceback_flag_shows_the_full_error(tmp_path: Path, monkeypatch: pytest
     (tmp_path / "mymodels.py").write_text(STRICT_CALLBACK)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("GRADLAB_TRACEBACK", "0")  # restored after the test (main sets it for --traceback)
-    args = ["fit", *BASE_ARGS, "--trainer.callbacks+=mymodels.Strict", "--trainer.callbacks.window=0"]
+    args = ["fit", *CLI_ARGS, "--trainer.callbacks+=mymodels.Strict", "--trainer.callbacks.window=0"]
     with pytest.raises(SystemExit) as short:
         main(args)
     assert short.value.code == 1
@@ -109,11 +97,11 @@ def test_user_config_file_is_never_overwritten(tmp_path: Path) -> None:
     text = "# my notes: keep these\ntrainer:\n  max_steps: 1\n"
     config.write_text(text)
     with pytest.warns(UserWarning, match="left unchanged"):
-        GradlabCLI(args=["fit", *BASE_ARGS, "--config", str(config), "--trainer.max_steps=2"])
+        GradlabCLI(args=["fit", *CLI_ARGS, "--config", str(config), "--trainer.max_steps=2"])
     assert config.read_text() == text
     assert "max_steps: 2" in (tmp_path / "gradlab_resolved_config.yaml").read_text()
 
 
 def test_optimizer_flag_warns_that_the_models_configure_optimizers_is_overridden() -> None:
     with pytest.warns(UserWarning, match=r"DigitsClassifier.configure_optimizers` will be overridden.*Adam"):
-        GradlabCLI(args=[*BASE_ARGS, "--optimizer=Adam"], run=False)
+        GradlabCLI(args=[*CLI_ARGS, "--optimizer=Adam"], run=False)

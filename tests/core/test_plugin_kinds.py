@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import torch
-from conftest import write_distribution
+from conftest import CLI_ARGS, write_distribution
 from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 
 from lightning_gradlab.core.cli import GradlabCLI
@@ -52,20 +52,7 @@ STRATEGY_FILES = {
                                   summary="claims 'ddp'", strategy_name="ddp")
     """,
 }
-RUN_ARGS = [
-    "--model=lightning_gradlab.demo.DigitsClassifier",
-    "--model.width=8",
-    "--data=lightning_gradlab.demo.DigitsDataModule",
-    "--trainer.accelerator=cpu",
-    "--trainer.devices=2",
-    "--trainer.logger=false",
-    "--trainer.enable_checkpointing=false",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-    "--trainer.max_steps=2",
-    "--trainer.limit_val_batches=0",
-    "--trainer.callbacks+=probe_strategy.rank_probe.RankProbe",
-]
+RUN_ARGS = [*CLI_ARGS, "--trainer.devices=2", "--trainer.callbacks+=probe_strategy.rank_probe.RankProbe"]
 
 
 def write_strategy_plugin(site: Path) -> Path:
