@@ -37,9 +37,9 @@ class LoRAGGPO(PluginCallback):
       ε = −ρ · v/‖v‖_F · min(1/(ḡ + 1e-12), ``max_scale``), v = s(m_B A + B m_A) from the optimizer's first
       moments (``exp_avg``, ``momentum_buffer``, or LoRAProAdamW full mode's W-space ``exp_avg_w``), ḡ an EMA
       (rate β = ``ema_decay``) of ‖s(∇B A + B ∇A)‖_F. No perturbation before the optimizer has state.
-    * ``mode="ggpo"`` (arXiv v1; formula of the only readable, third-party implementation, see the card):
-      ε_ij ~ N(0, ((σ‖W'_i‖ + β‖∇W'_i‖²)/√m)²) per row i, ∇W' taken as the previous step's equivalent gradient
-      s(∇B A + B ∇A) (the full gradient is never formed); no perturbation before the first step.
+    * ``mode="ggpo"`` (arXiv v1, as reconstructed from secondary sources: see the card):
+      ε_ij ~ N(0, (σ²/n)(‖W'_i‖² + β‖∇W'_i‖²)) per row i of W' (m×n), ∇W' taken as the previous step's
+      equivalent gradient s(∇B A + B ∇A) (the full gradient is never formed); none before the first step.
 
     ε enters through a forward hook (output + x·εᵀ, or the conv/embedding equivalent) on the adapted layers
     in training mode only: W0 is never modified (no add-then-subtract rounding drift), evaluation is
@@ -51,8 +51,8 @@ class LoRAGGPO(PluginCallback):
         rho: MGPO's radius ρ (NLU 0.05, NLG 0.01).
         ema_decay: MGPO's EMA rate β of the gradient norm (NLU 0.9, NLG 0.8).
         max_scale: MGPO's cap on 1/ḡ (authors: 10).
-        sigma: GGPO's weight-norm coefficient σ.
-        grad_weight: GGPO's gradient-norm coefficient β.
+        sigma: GGPO's noise scale σ (the variance is σ²/n times the row's norms).
+        grad_weight: GGPO's weight β of the squared gradient norm against the squared weight norm.
         seed: GGPO's noise seed (the draw of step t is a function of seed, t and the layer).
 
     Example::

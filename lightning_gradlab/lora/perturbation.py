@@ -28,9 +28,10 @@ def mgpo_perturbation(v: Tensor, grad_norm_ema: float | Tensor, rho: float, max_
 
 
 def ggpo_std(weight: Tensor, grad_row_norms_sq: Tensor, sigma: float, grad_weight: float) -> Tensor:
-    """GGPO's per-row noise scale (σ‖W'_i‖ + β‖∇W'_i‖²)/√m for the m rows of W' (m×n)."""
-    rows = weight.shape[0]
-    return (sigma * torch.linalg.vector_norm(weight, dim=1) + grad_weight * grad_row_norms_sq) / rows**0.5
+    """GGPO's per-row noise scale for W' (m×n): std_i = σ·√((‖W'_i‖² + β‖∇W'_i‖²)/n), i.e. the diagonal
+    covariance Σ_ii = (σ²/n)(‖W'_i‖² + β‖∇W'_i‖²) over the n inputs of row i (see the method card's sources)."""
+    columns = weight.shape[1]
+    return sigma * ((weight.square().sum(1) + grad_weight * grad_row_norms_sq) / columns).sqrt()
 
 
 def ggpo_perturbation(std: Tensor, columns: int, generator: torch.Generator) -> Tensor:

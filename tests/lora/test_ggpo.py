@@ -34,8 +34,11 @@ def test_mgpo_formula_and_ema() -> None:
 
 def test_ggpo_std_formula() -> None:
     W, G2 = torch.randn(4, 6), torch.rand(4)
-    expected = (0.03 * W.norm(dim=1) + 0.01 * G2) / 2.0
-    torch.testing.assert_close(ggpo_std(W, G2, 0.03, 0.01), expected)
+    variance = 0.03**2 / 6 * (W.norm(dim=1) ** 2 + 0.01 * G2)  # Σ_ii = (σ²/n)(‖W'_i‖² + β‖∇W'_i‖²), n = 6
+    torch.testing.assert_close(ggpo_std(W, G2, 0.03, 0.01).square(), variance)
+    assert ggpo_std(W, G2, 0.03, 0.01).shape == (4,)  # one scale per row (output) of W'
+    single_row = torch.tensor([[3.0, 4.0]])  # ‖W'_1‖² = 25, ‖∇‖² = 100: √((25 + 0.5·100)/2) = √37.5
+    torch.testing.assert_close(ggpo_std(single_row, torch.tensor([100.0]), 1.0, 0.5), torch.tensor([37.5**0.5]))
 
 
 class Probe(Callback):
