@@ -104,3 +104,32 @@ def no_process_group_left() -> Iterator[None]:
         torch.distributed.destroy_process_group()
     os.environ.clear()
     os.environ.update(environ)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory laid out like the MiniLM package's model (``config.json``, weights, ``tokenizer.json``)
+    holding a randomly initialised 2-layer, width-32 BERT and a word-level tokenizer of the reviews'
+    vocabulary: ``MiniLMClassifier(encoder=<it>)`` runs the MiniLM examples without the 90 MB package."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel
+
+    import lightning_gradlab.demo.reviews as reviews
+
+    directory = tmp_path_factory.mktemp("tiny_encoder")
+    phrases = (*reviews.POSITIVE, *reviews.NEGATIVE, *reviews.SUBJECTS, *reviews.INTENSIFIERS, *reviews.NEGATORS)
+    words = sorted({w for p in phrases for w in p.split()} | {"was", "but", "although", "even", "though", ",", "."})
+    vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
+    )
+    tokenizer.save(str(directory / "tokenizer.json"))
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=64, pad_token_id=0,
+    )  # fmt: skip
+    BertModel(config).save_pretrained(directory)
+    return directory

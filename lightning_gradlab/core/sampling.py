@@ -159,6 +159,25 @@ class ResumableBatchSampler(Sampler[list[int]]):
         }
 
 
+class ShuffledBatchSampler(ResumableBatchSampler):
+    """A fresh permutation of ``num_samples`` indices every epoch, a pure function of ``(seed, epoch)``: the
+    resumable counterpart of ``DataLoader(shuffle=True)`` (with :class:`ResumableLoader`).
+
+    Args:
+        num_samples: size of the dataset; the other arguments as :class:`ResumableBatchSampler`.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int = 0, drop_last: bool = False) -> None:
+        super().__init__(batch_size, seed=seed, drop_last=drop_last)
+        self.num_samples = check_int(type(self).__name__, "num_samples", num_samples, 1)
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        return torch.randperm(self.num_samples, generator=seeded_generator("shuffle", self.seed, epoch))
+
+    def epoch_size(self) -> int:
+        return self.num_samples
+
+
 class _BatchesFrom:
     """``batch_sampler`` of the inner ``DataLoader``: the sampler's batches from ``start`` on."""
 

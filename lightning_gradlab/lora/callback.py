@@ -86,6 +86,8 @@ class LoRA(PluginCallback):
         after_configure_model(pl_module, OWNER, self._adapt)
 
     def _adapt(self, model: nn.Module) -> None:
+        if self.adapters and any(module is self.adapters[0].module for module in model.modules()):
+            return  # this callback adapted the model already (fit, then test in the same process)
         if lora_layers(model):
             self.adapters = freeze_base(model, self.settings.trainable_modules)
             how = "adopted the model's PEFT adapters (injection settings unused)"

@@ -121,8 +121,9 @@ EXAMPLES = sorted((REPO / "examples").rglob("*.yaml"))
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: f"{p.parent.name}/{p.stem}")
-def test_example_configs_instantiate(example: Path) -> None:
-    cli = GradlabCLI(args=["--config", str(example)], run=False)
+def test_example_configs_instantiate(example: Path, tiny_encoder: Path) -> None:
+    small = [f"--model.encoder={tiny_encoder}"] if example.stem.startswith("minilm") else []  # MiniLM: 90 MB
+    cli = GradlabCLI(args=["--config", str(example), *small], run=False)
     config = yaml.safe_load(example.read_text())
     named = [c["class_path"].rpartition(".")[2] for c in config.get("trainer", {}).get("callbacks") or []]
     built = [type(c).__name__ for c in cli.trainer.callbacks]

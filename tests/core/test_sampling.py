@@ -19,6 +19,7 @@ from lightning_gradlab.cooldown.sampler import TemperatureSampler
 from lightning_gradlab.core.sampling import (
     ResumableBatchSampler,
     ResumableLoader,
+    ShuffledBatchSampler,
     continue_unfinished_epoch,
     derive_seed,
     seeded_generator,
@@ -83,6 +84,23 @@ def test_a_second_sampler_reuses_the_base_and_resumes_mid_epoch() -> None:
     other = ResumableLoader(data, TemperatureLike([5, *[1] * 9], 40, batch_size=4, seed=4, rank=0, world_size=2))
     with pytest.raises(ValueError, match="seed: saved 3, now 4"):
         other.load_state_dict(state)
+
+
+def test_shuffled_sampler_permutes_per_epoch_and_shards() -> None:
+    sampler = ShuffledBatchSampler(10, batch_size=3, seed=4)
+    first = [i for batch in sampler for i in batch]
+    assert sorted(first) == list(range(10)) and len(sampler) == 4  # a permutation: 3 + 3 + 3 + 1
+    sampler.set_epoch(1)
+    second = [i for batch in sampler for i in batch]
+    assert sorted(second) == list(range(10)) and second != first
+    sampler.set_epoch(0)
+    assert [i for batch in sampler for i in batch] == first  # a function of (seed, epoch)
+    ranks = [ShuffledBatchSampler(10, 3, seed=4).distribute(r, 2) for r in (0, 1)]
+    seen = [{i for batch in s for i in batch} for s in ranks]
+    assert seen[0] | seen[1] == set(range(10)) and len(ranks[0]) == len(ranks[1]) == 2
+    assert list(ranks[0].iter_from(1)) == list(ranks[0])[1:]
+    with pytest.raises(SettingError, match=r"ShuffledBatchSampler: num_samples=0 is invalid"):
+        ShuffledBatchSampler(0, 3)
 
 
 def test_bad_settings() -> None:
