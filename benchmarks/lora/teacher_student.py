@@ -1,4 +1,4 @@
-"""LoRA vs LoRA-Pro (full, efficient) vs MGPO vs full fine-tuning on a teacher–student regression.
+"""LoRA vs LoRA-Pro (full, efficient) vs MGPO vs GGPO vs full fine-tuning on a teacher–student regression.
 
 Run: ``python benchmarks/lora/teacher_student.py [--steps 150] [--seeds 0 1 2]`` (CPU, a few minutes).
 Prints a markdown table: best-lr test MSE (mean ± sd over seeds), cos(g̃, G) and ‖g̃ − G‖/‖G‖ of the
@@ -16,14 +16,21 @@ import torch
 from torch import nn
 
 from lightning_gradlab.core.param_groups import param_groups
-from lightning_gradlab.lora.adapters import find_adapters
+from lightning_gradlab.lora.adapters import find_adapters, weight_matrix
 from lightning_gradlab.lora.functional import equivalent_gradient, lora_pro_adjust
 from lightning_gradlab.lora.inject import LoRASettings, inject_lora
 from lightning_gradlab.lora.optimizer import LoRAProAdamW
-from lightning_gradlab.lora.perturbation import ema, mgpo_perturbation, momentum_direction
+from lightning_gradlab.lora.perturbation import (
+    ema,
+    ggpo_perturbation,
+    ggpo_std,
+    mgpo_perturbation,
+    momentum_direction,
+)
 
 D, HIDDEN, RANK, TARGET_RANK, N_TRAIN, N_TEST, BATCH = 32, 64, 4, 16, 512, 1024, 64
-METHODS = ("lora", "pro_full", "pro_efficient", "mgpo", "full_ft")
+METHODS = ("lora", "pro_full", "pro_efficient", "mgpo", "ggpo", "full_ft")
+PERTURBED = ("mgpo", "ggpo")
 LRS = (3e-3, 1e-2, 3e-2)
 
 
@@ -86,8 +93,10 @@ def train(method: str, lr: float, seed: int, steps: int) -> dict[str, float]:
     optimizer = optimizer_for(model, method, lr)
     adapters = find_adapters(model) if method != "full_ft" else []
     eps: dict[str, torch.Tensor] = {}
-    g_bar: dict[str, torch.Tensor] = {}
-    if method == "mgpo":  # LoRAGGPO's math, driven without Lightning: ε through forward hooks
+    g_bar: dict[str, torch.Tensor] = {}  # MGPO's EMA of ‖g̃‖
+    grad_rows: dict[str, torch.Tensor] = {}  # GGPO's ‖∇W'_i‖² of the previous step
+    noise = torch.Generator().manual_seed(10_000 + seed)
+    if method in PERTURBED:  # LoRAGGPO's math, driven without Lightning: ε through forward hooks
         for a in adapters:
             a.module.register_forward_hook(
                 lambda mod, args, out, name=a.name: out + args[0] @ eps[name].T if name in eps else None
@@ -97,6 +106,11 @@ def train(method: str, lr: float, seed: int, steps: int) -> dict[str, float]:
     for step in range(steps):
         idx = torch.randint(0, N_TRAIN, (BATCH,), generator=g)
         eps.clear()
+        for a in adapters if method == "ggpo" else []:
+            if a.name in grad_rows:
+                A, B = a.matrices()
+                W = weight_matrix(a) + a.scaling * B @ A
+                eps[a.name] = ggpo_perturbation(ggpo_std(W, grad_rows[a.name], 0.03, 0.01), W.shape[1], noise)
         for a in adapters if method == "mgpo" else []:
             state_a, state_b = optimizer.state.get(a.A, {}), optimizer.state.get(a.B, {})
             if a.name in g_bar and "exp_avg" in state_a:
@@ -107,10 +121,14 @@ def train(method: str, lr: float, seed: int, steps: int) -> dict[str, float]:
             aligned.append(alignment(model, x[idx], y[idx]))
         optimizer.zero_grad()
         ((model(x[idx]).squeeze(-1) - y[idx]) ** 2).mean().backward()
-        for a in adapters if method == "mgpo" else []:
+        for a in adapters if method in PERTURBED else []:
             A, B = a.matrices()
             gA, gB = a.grads()
-            g_bar[a.name] = ema(g_bar.get(a.name), (a.scaling * (B @ gA + gB @ A)).norm(), 0.9)
+            g_eq = a.scaling * (B @ gA + gB @ A)
+            if method == "mgpo":
+                g_bar[a.name] = ema(g_bar.get(a.name), g_eq.norm(), 0.9)
+            else:
+                grad_rows[a.name] = g_eq.square().sum(1)
         optimizer.step()
     eps.clear()
     with torch.no_grad():
