@@ -41,11 +41,11 @@ class ReportingClassifier(pl.LightningModule):
     """Cross-entropy classifier on ``(inputs, labels)`` batches; logs ``train_loss``, ``val_acc``, ``test_acc``.
 
     Subclasses build the network, save an ``lr`` hyperparameter and define ``forward`` and
-    ``configure_optimizers``. The training forward draws its dropout masks from ``(seed, step, rank)``, and a
-    run stopped by ``max_steps`` mid-epoch resumes that epoch where its data module's loader is resumable. With an
-    ``--optimizer`` from the config, the hyperparameter ``lr`` is set to that
-    optimizer's learning rate before it is logged, so ``hparams.yaml`` records what ran. At the end of ``fit``
-    one info line reports the last validation's metrics.
+    ``configure_optimizers``. The training forward draws its dropout masks from ``(seed, step, batch, rank)``
+    (``core.rng.seeded_step``), and a run stopped by ``max_steps`` mid-epoch resumes that epoch where its data
+    module's loader is resumable. With an ``--optimizer`` from the config, the hyperparameter ``lr`` is set to
+    that optimizer's learning rate before it is logged, so ``hparams.yaml`` records what ran. At the end of
+    ``fit`` one info line reports the last validation's metrics.
     """
 
     def __init__(self) -> None:

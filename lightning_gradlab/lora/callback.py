@@ -9,16 +9,14 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
-from lightning_gradlab.core.conflicts import PluginCallback
-from lightning_gradlab.core.param_groups import install_param_groups
 from lightning_gradlab.core.surgery import after_configure_model
 from lightning_gradlab.lora.adapters import LoRAAdapter, lora_layers
-from lightning_gradlab.lora.guards import refuse_sharded
+from lightning_gradlab.lora.guards import LoRAPluginCallback
 from lightning_gradlab.lora.inject import OWNER, LoRASettings, freeze_base, inject_lora
 from lightning_gradlab.lora.manifest import LORA
 
 
-class LoRA(PluginCallback):
+class LoRA(LoRAPluginCallback):
     """Low-rank adapters (Hu et al. 2022) on the LightningModule through PEFT: W = W0 + s·B·A per layer.
 
     In ``setup()`` (or right after ``configure_model()``) the targeted layers get PEFT ``LoraConfig``
@@ -81,8 +79,6 @@ class LoRA(PluginCallback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        refuse_sharded(trainer, OWNER)
-        install_param_groups(pl_module)  # a model's own optimizer gets param_names (pairing by module)
         after_configure_model(pl_module, OWNER, self._adapt)
 
     def _adapt(self, model: nn.Module) -> None:

@@ -12,11 +12,9 @@ from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from lightning_gradlab.core.conflicts import PluginCallback
-from lightning_gradlab.core.param_groups import install_param_groups
 from lightning_gradlab.core.validation import check_choice, check_float, check_seed
 from lightning_gradlab.lora.adapters import LoRAAdapter, as_matrices, trainable_adapters, weight_matrix
-from lightning_gradlab.lora.guards import refuse_sharded
+from lightning_gradlab.lora.guards import LoRAPluginCallback
 from lightning_gradlab.lora.manifest import LORA_GGPO
 from lightning_gradlab.lora.perturbation import (
     ema,
@@ -30,7 +28,7 @@ OWNER = "LoRAGGPO"
 MODES = ("mgpo", "ggpo")
 
 
-class LoRAGGPO(PluginCallback):
+class LoRAGGPO(LoRAPluginCallback):
     """Perturb each adapted weight W' = W0 + s·B·A during the training step (Chang et al. 2025).
 
     * ``mode="mgpo"`` (the authors' maintained LoRA-MGPO, ``llm172/LoRA-MGPO``):
@@ -85,12 +83,6 @@ class LoRAGGPO(PluginCallback):
         self.perturbed_steps = 0
         self._eps: dict[str, Tensor] = {}
         self._hooks: list[RemovableHandle] = []
-
-    @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        refuse_sharded(trainer, OWNER)
-        install_param_groups(pl_module)  # every optimizer group gets param_names (the plugin contract)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -1,8 +1,12 @@
-"""Refusals shared by the LoRA plugins: sharded strategies and runs without adapters."""
+"""What the LoRA callbacks share: the refusal of sharded strategies and named optimizer groups."""
 
 from __future__ import annotations
 
 import lightning.pytorch as pl
+from typing_extensions import override
+
+from lightning_gradlab.core.conflicts import PluginCallback
+from lightning_gradlab.core.param_groups import install_param_groups
 
 SHARDED = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy", "XLAFSDPStrategy")
 
@@ -16,3 +20,14 @@ def refuse_sharded(trainer: pl.Trainer, owner: str) -> None:
             " (ddp, ddp_spawn, ddp_fork, single device): FSDP and DeepSpeed shard the adapters, which the LoRA"
             " plugins do not support yet"
         )
+
+
+class LoRAPluginCallback(PluginCallback):
+    """Base of ``LoRA``, ``LoRAPro`` and ``LoRAGGPO``: in ``setup()`` refuse sharded strategies and give a
+    model's own ``configure_optimizers`` groups with ``param_names`` (A and B are paired by module)."""
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        refuse_sharded(trainer, self.gradlab_manifest.name)
+        install_param_groups(pl_module)

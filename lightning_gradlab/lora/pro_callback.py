@@ -8,19 +8,17 @@ import lightning.pytorch as pl
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from lightning_gradlab.core.conflicts import PluginCallback
-from lightning_gradlab.core.param_groups import install_param_groups
 from lightning_gradlab.core.validation import check_float
 from lightning_gradlab.lora.adapters import LoRAAdapter, trainable_adapters
 from lightning_gradlab.lora.functional import DEFAULT_RCOND
-from lightning_gradlab.lora.guards import refuse_sharded
+from lightning_gradlab.lora.guards import LoRAPluginCallback
 from lightning_gradlab.lora.manifest import LORA_PRO
 from lightning_gradlab.lora.pairs import adjust_gradients_
 
 OWNER = "LoRAPro"
 
 
-class LoRAPro(PluginCallback):
+class LoRAPro(LoRAPluginCallback):
     """Replace each adapter's gradients (g^A, g^B) by LoRA-Pro's (ĝ^A, ĝ^B) before the optimizer steps.
 
     The "efficient" variant (Wang et al. 2025): the equivalent gradient s(B ĝ^A + ĝ^B A) becomes the
@@ -48,12 +46,6 @@ class LoRAPro(PluginCallback):
         self.rcond = check_float(OWNER, "rcond", rcond, low=0.0, high=1.0)
         self.adapters: list[LoRAAdapter] = []
         self.adjusted_steps = 0
-
-    @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        refuse_sharded(trainer, OWNER)
-        install_param_groups(pl_module)  # every optimizer group gets param_names (the plugin contract)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
